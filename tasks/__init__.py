@@ -1,0 +1,35 @@
+"""The doit task graph of wordpress-backup, one module per task family.
+
+    settings -> tasks (this package: which stages exist, their order, when one is done)
+             -> steps (wpbackup: the work) -> catalog
+
+Only `task_*` creators and DOIT_CONFIG are exported, so dodo.py stays a single import.
+"""
+
+from __future__ import annotations
+
+from .backup import task_backup, task_catalog, task_compress, task_dump, task_tar, task_upload
+from .catalog_sync import task_sync
+from .context import CONTEXT
+from .reporter import SummaryReporter
+from .status import task_status
+
+_state = CONTEXT.settings.state_dir
+
+DOIT_CONFIG = {
+    "minversion": "0.36.0",
+    "backend": "sqlite3",
+    # read-only runs (status, ...) keep their own state file, so they never wait on a backup's
+    "dep_file": str(_state / (".doit.db" if CONTEXT.mutating else ".doit-readonly.db")),
+    "continue": True,
+    "num_process": 2,
+    "par_type": "thread",
+    "default_tasks": ["status"],
+    "forget_disable_default": True,
+    "reporter": SummaryReporter,
+}
+
+__all__ = [
+    "DOIT_CONFIG", "task_backup", "task_catalog", "task_compress", "task_dump", "task_status",
+    "task_sync", "task_tar", "task_upload",
+]

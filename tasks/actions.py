@@ -1,0 +1,59 @@
+"""doit actions and up-to-date checks: thin adapters from task to step function.
+
+They turn an operator-facing BackupError into doit's TaskFailed (a clear line, no
+traceback) and leave anything unexpected to raise, so a bug still shows its traceback.
+"""
+
+from __future__ import annotations
+
+from doit.exceptions import TaskFailed
+
+from wpbackup import steps
+from wpbackup.errors import BackupError
+from wpbackup.status import status_lines
+
+from .context import CONTEXT
+
+STAGE_FUNCTIONS = {
+    "dump": steps.dump_stage,
+    "tar": steps.tar_stage,
+    "compress": steps.compress_stage,
+    "upload": steps.upload_stage,
+    "catalog": steps.catalog_stage,
+}
+
+
+def run_stage(stage: str, site_name: str):
+    """Run one stage of one site's run; doit keeps the returned receipt as the task's values."""
+    run = CONTEXT.runs[site_name]
+    try:
+        return STAGE_FUNCTIONS[stage](CONTEXT.settings, CONTEXT.site(site_name), run)
+    except BackupError as exc:
+        return TaskFailed(str(exc))
+
+
+def stage_done(task, values, site_name: str, stage: str) -> bool:
+    """Up to date when this run already holds the stage's receipt (doit's DB not needed)."""
+    return CONTEXT.runs[site_name].receipt(stage) is not None
+
+
+def sync_catalog():
+    """D1 sync: off unless D1_* are set; the sync engine itself is not part of this version."""
+    settings = CONTEXT.settings
+    if not settings.d1_enabled:
+        print("D1 sync is off (D1_ACCOUNT_ID, D1_DATABASE_ID and D1_API_TOKEN are not all set)")
+        return True
+    print("D1 is configured, but this version has no D1 sync yet: the catalog stays local")
+    return True
+
+
+def show_status():
+    """Print the status table; fail when a site has no recent enough success."""
+    lines, healthy = status_lines(CONTEXT.settings, CONTEXT.sites)
+    print("\n".join(lines))
+    if not healthy:
+        return TaskFailed(
+            f"a site has no successful backup newer than BACKUP_MAX_AGE_HOURS="
+            f"{CONTEXT.settings.backup_max_age_hours:g}"
+        )
+    return True

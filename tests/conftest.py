@@ -1,0 +1,129 @@
+"""Fixtures: real MariaDB, WordPress and S3 (moto over HTTP), and an install folder whose
+`doit` runs in a subprocess, the way an operator runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .servers import MariaDB, MotoS3, WordPress
+
+REPO = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI") == "true"
+
+
+def need(*tools: str) -> None:
+    """Outside CI a missing system tool skips with a hint; in CI it is a failure."""
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        message = f"missing {', '.join(missing)}: run tests/run.sh (as root it installs them with apt)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def mariadb():
+    need("mariadbd", "mariadb-install-db", "mariadb-dump", "mariadb")
+    server = MariaDB()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def wordpress(mariadb, tmp_path_factory):
+    need("php")
+    if not Path("/usr/share/wordpress/wp-load.php").exists():
+        (pytest.fail if IN_CI else pytest.skip)("Debian's wordpress package is not installed")
+    return WordPress(mariadb, tmp_path_factory.mktemp("wp"))
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    server = MotoS3()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3(moto_server):
+    moto_server.reset()
+    client = moto_server.client()
+    client.create_bucket(Bucket="wp-backups")
+    moto_server.bucket = "wp-backups"
+    moto_server.s3 = client
+    return moto_server
+
+
+class Install:
+    """One install folder: .env, sites.json, and `doit` run as a subprocess."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.env_path = root / ".env"
+        self.env: dict[str, str] = {"SERVER_ID": "web-1"}
+        self.sites: list[dict] = []
+
+    @property
+    def backup_dir(self) -> Path:
+        return self.root / "backups"
+
+    @property
+    def db_path(self) -> Path:
+        return self.root / "backups.db"
+
+    def write(self) -> None:
+        self.env_path.write_text("".join(f"{k}={v}\n" for k, v in self.env.items()))
+        (self.root / "sites.json").write_text(json.dumps({"sites": self.sites}, indent=2))
+
+    def add_site(self, name: str, wordpress: WordPress, **extra) -> dict:
+        site = {"name": name, "path": str(wordpress.path), **extra}
+        self.sites.append(site)
+        return site
+
+    def use_s3(self, s3: MotoS3) -> None:
+        self.env.update(S3_ENDPOINT_URL=s3.url, S3_BUCKET=s3.bucket, S3_ACCESS_KEY_ID="testing",
+                        S3_SECRET_ACCESS_KEY="testing-secret-key-123", S3_MAX_ATTEMPTS="2")
+
+    def command(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "doit", "-f", str(REPO / "dodo.py"), *args]
+
+    def process_env(self, extra: dict | None = None) -> dict:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("S3_", "D1_", "AWS_"))}
+        env.update(WPBACKUP_ENV=str(self.env_path), PYTHONUNBUFFERED="1", **(extra or {}))
+        return env
+
+    def doit(self, *args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+        self.write()
+        return subprocess.run(self.command(*args), capture_output=True, text=True, timeout=timeout,
+                              env=self.process_env(env), cwd=self.root)
+
+    def start(self, *args: str, env: dict | None = None) -> subprocess.Popen:
+        self.write()
+        return subprocess.Popen(self.command(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, env=self.process_env(env), cwd=self.root, start_new_session=True)
+
+    def rows(self, query: str, *params) -> list[sqlite3.Row]:
+        conn = sqlite3.connect(self.db_path)
+        conn.row_factory = sqlite3.Row
+        try:
+            return conn.execute(query, params).fetchall()
+        finally:
+            conn.close()
+
+    def archives(self) -> list[Path]:
+        return sorted(self.backup_dir.glob("*.tar.zst"))
+
+
+@pytest.fixture
+def install(tmp_path):
+    root = tmp_path / "install"
+    root.mkdir()
+    return Install(root)

@@ -1,0 +1,194 @@
+"""Building `{site}-backup-{stamp}.tar.zst` in two streamed pieces, with no uncompressed tar
+ever on disk and each byte compressed once:
+
+    tar stage:      wp-config.php + site files -> tar members -> zstd frames -> files.part.zst
+    compress stage: files.part.zst += zstd frames(database.sql, manifest.json, end blocks)
+                    -> renamed to the final archive name, sha256 sidecar beside it
+
+Concatenated zstd frames decompress as one stream and the members form one valid tar, so
+`tar --zstd -xf` reads the result. The sha256 is computed while writing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tarfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import zstandard
+
+from .errors import BackupError
+from .tarstream import CHUNK, TreeStats, bytes_member, end_of_archive, header, padding, write_file, write_tree
+
+# sha256 state of a files part written by this process, so compress need not read it again.
+_hash_cache: dict[str, tuple[int, hashlib._Hash]] = {}
+_hash_lock = threading.Lock()
+
+
+class HashingWriter:
+    """A write-only file object that hashes and counts what passes through to ``fd``."""
+
+    def __init__(self, fd: int, digest=None, written: int = 0):
+        self.fd = fd
+        self.digest = digest or hashlib.sha256()
+        self.written = written
+
+    def write(self, data) -> int:
+        view = memoryview(data)
+        self.digest.update(view)
+        while view:
+            count = os.write(self.fd, view)
+            view = view[count:]
+        self.written += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+def compressor(level: int, threads: int) -> zstandard.ZstdCompressor:
+    """ZSTD_THREADS=0 means every core, as `zstd -T0` does."""
+    return zstandard.ZstdCompressor(level=level, threads=-1 if threads == 0 else threads, write_checksum=True)
+
+
+def archive_name(site: str, stamp: str) -> str:
+    return f"{site}-backup-{stamp}.tar.zst"
+
+
+def _disk_error(path: Path, exc: OSError) -> BackupError:
+    return BackupError(f"cannot write {path}: {exc.strerror}" + (" (disk full)" if exc.errno == 28 else ""))
+
+
+@dataclass
+class FilesPart:
+    size: int
+    stats: TreeStats
+
+
+def write_files_part(root: Path, files: str, wp_config: Path, excludes: tuple[str, ...],
+                     skip: set[tuple[int, int]], target: Path, level: int, threads: int,
+                     progress: Callable[[int], None] | None = None) -> FilesPart:
+    """Stream wp-config.php and the site files into zstd frames at ``target`` (atomic)."""
+    partial = target.with_name(target.name + ".tmp")
+    stats = TreeStats()
+    try:
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            sink = HashingWriter(fd)
+            with compressor(level, threads).stream_writer(sink, closefd=False, write_size=CHUNK) as out:
+                in_tree = files == "all" and wp_config.parent == root
+                if not in_tree:
+                    write_file(out, wp_config, "wp-config.php", stats)
+                    stats.files -= 1  # the config is not one of the site's files
+                    stats.bytes -= wp_config.stat().st_size
+                write_tree(out, root, "" if files == "all" else "wp-content", excludes, skip, stats, progress)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(partial, target)
+    except OSError as exc:
+        raise _disk_error(partial, exc) from None
+    finally:
+        if partial.exists():
+            partial.unlink()
+    with _hash_lock:
+        _hash_cache[str(target)] = (sink.written, sink.digest)
+    return FilesPart(sink.written, stats)
+
+
+def _resume_digest(path: Path, size: int):
+    with _hash_lock:
+        cached = _hash_cache.pop(str(path), None)
+    if cached and cached[0] == size:
+        return cached[1].copy()
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        remaining = size
+        while remaining and (chunk := handle.read(min(CHUNK, remaining))):
+            digest.update(chunk)
+            remaining -= len(chunk)
+    return digest
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def finish_archive(files_part: Path, files_part_size: int, tar_written: int, dump: Path,
+                   manifest: dict, archive: Path, level: int, threads: int,
+                   progress: Callable[[int], None] | None = None) -> tuple[str, int]:
+    """Append database.sql, manifest.json and the end blocks to the files part, then give it
+    the final name. Safe to repeat after a crash: the files part is cut back to its recorded
+    size first, and the final name only appears once everything is on disk.
+    """
+    try:
+        os.truncate(files_part, files_part_size)
+        digest = _resume_digest(files_part, files_part_size)
+        fd = os.open(files_part, os.O_WRONLY | os.O_APPEND)
+        try:
+            sink = HashingWriter(fd, digest, files_part_size)
+            written = tar_written
+            with compressor(level, threads).stream_writer(sink, closefd=False, write_size=CHUNK) as out:
+                st = dump.stat()
+                info_head = _dump_header(st)
+                out.write(info_head)
+                with open(dump, "rb") as source:
+                    while chunk := source.read(CHUNK):
+                        out.write(chunk)
+                        if progress:
+                            progress(len(chunk))
+                out.write(padding(st.st_size))
+                written += len(info_head) + st.st_size + len(padding(st.st_size))
+                body = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+                member = bytes_member("manifest.json", body, st.st_mtime)
+                out.write(member)
+                written += len(member)
+                out.write(end_of_archive(written))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(files_part, 0o600)
+        os.replace(files_part, archive)
+    except OSError as exc:
+        if files_part.exists():
+            os.truncate(files_part, files_part_size)
+        raise _disk_error(archive, exc) from None
+    return sink.digest.hexdigest(), sink.written
+
+
+def _dump_header(st: os.stat_result) -> bytes:
+    info = tarfile.TarInfo("database.sql")
+    info.size, info.mtime, info.mode = st.st_size, int(st.st_mtime), 0o600
+    return header(info)
+
+
+def write_sidecar(archive: Path, sha256: str) -> Path:
+    """NAME.sha256 in `sha256sum` format, written atomically."""
+    sidecar = archive.with_name(archive.name + ".sha256")
+    write_atomic(sidecar, f"{sha256}  {archive.name}\n".encode())
+    return sidecar
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write a small file under a temporary name and rename it into place."""
+    partial = path.with_name(path.name + ".tmp")
+    try:
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
+    except OSError as exc:
+        if partial.exists():
+            partial.unlink()
+        raise _disk_error(path, exc) from None

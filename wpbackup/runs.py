@@ -1,0 +1,129 @@
+"""Runs: which archive a `doit backup` works on, kept in a small state file per site.
+
+    BACKUP_DIR/.work/SITE/run.json          {stamp, started_at, closed}
+    BACKUP_DIR/.work/SITE/STAMP/*.json      one receipt per finished stage
+    BACKUP_DIR/.work/SITE/STAMP/...         the run's intermediates (dump, files part)
+
+The loader only reads: an open run younger than STALE_RUN_HOURS is resumed (same stamp, same
+archive name); a closed one, or none, gives a new stamp; a stale one is abandoned and its
+leftovers cleaned by the first stage of the new run. Task names never carry the stamp.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from .archive import write_atomic
+
+STAMP_FORMAT = "%Y%m%d-%H%M%S"
+_open_lock = threading.Lock()
+
+
+def make_stamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime(STAMP_FORMAT)
+
+
+def parse_stamp(stamp: str) -> datetime:
+    return datetime.strptime(stamp, STAMP_FORMAT).replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One site's run: its stamp and folder, and whether it resumes or replaces another."""
+
+    site: str
+    stamp: str
+    site_dir: Path
+    resumed: bool = False
+    abandoned: str | None = None
+
+    @property
+    def folder(self) -> Path:
+        return self.site_dir / self.stamp
+
+    @property
+    def state_file(self) -> Path:
+        return self.site_dir / "run.json"
+
+    def receipt_path(self, stage: str) -> Path:
+        return self.folder / f"{stage}.json"
+
+    def receipt(self, stage: str) -> dict | None:
+        """A finished stage's receipt, or None (also for one of another run)."""
+        try:
+            data = json.loads(self.receipt_path(stage).read_text())
+        except (OSError, ValueError):
+            return None
+        return data if data.get("stamp") == self.stamp else None
+
+    def write_receipt(self, stage: str, data: dict) -> dict:
+        data = {"stamp": self.stamp, "site": self.site, **data}
+        write_atomic(self.receipt_path(stage), (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
+        return data
+
+
+def read_state(site_dir: Path) -> dict | None:
+    try:
+        return json.loads((site_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def plan_run(work_dir: Path, site: str, now: datetime, stale_hours: float) -> Run:
+    """Decide, without writing anything, which run this invocation works on."""
+    site_dir = work_dir / site
+    state = read_state(site_dir)
+    stamp = make_stamp(now)
+    if state and not state.get("closed"):
+        try:
+            started = parse_stamp(state["stamp"])
+        except (KeyError, ValueError):
+            return Run(site, stamp, site_dir)
+        if now - started < timedelta(hours=stale_hours):
+            return Run(site, state["stamp"], site_dir, resumed=True)
+        return Run(site, stamp, site_dir, abandoned=state["stamp"])
+    if state and state.get("stamp", "") >= stamp:
+        stamp = make_stamp(parse_stamp(state["stamp"]) + timedelta(seconds=1))
+    return Run(site, stamp, site_dir)
+
+
+def open_run(run: Run) -> bool:
+    """Write run.json for this run (idempotent, thread-safe); True if it was opened now."""
+    with _open_lock:
+        state = read_state(run.site_dir)
+        if state and state.get("stamp") == run.stamp:
+            run.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            return False
+        run.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        data = {"stamp": run.stamp, "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "closed": False}
+        write_atomic(run.state_file, json.dumps(data).encode())
+        return True
+
+
+INTERMEDIATES = ("database.sql", "files.part.zst", "upload-state.json")
+
+
+def close_run(run: Run) -> None:
+    """Mark the run closed and drop its intermediates (the archive lives in BACKUP_DIR).
+
+    The small receipts stay until the next run opens: doit still reads them as file_dep
+    while it saves this run's results.
+    """
+    with _open_lock:
+        data = read_state(run.site_dir) or {"stamp": run.stamp}
+        data.update(closed=True, closed_at=datetime.now(UTC).isoformat(timespec="seconds"))
+        write_atomic(run.state_file, json.dumps(data).encode())
+        for name in INTERMEDIATES:
+            (run.folder / name).unlink(missing_ok=True)
+
+
+def leftovers(run: Run) -> list[Path]:
+    """Folders of this site's other runs: closed ones' receipts, or an abandoned run."""
+    if not run.site_dir.is_dir():
+        return []
+    return [p for p in run.site_dir.iterdir() if p.is_dir() and p.name != run.stamp]

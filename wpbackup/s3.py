@@ -1,0 +1,267 @@
+"""Uploading an archive to S3-compatible storage and proving it arrived.
+
+    archive -> put_object (small) | multipart (parts, Content-MD5 each, resumable) -> head
+            -> size, sha256 metadata and ETag checked -> only then recorded anywhere
+
+A multipart upload's UploadId and finished parts live in a small state file, so an upload
+cut off half-way continues from the parts the server already holds (ListParts) on the next
+run. Uploads of ours that are no longer wanted are aborted, never left to bill forever.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+import os
+import re
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError, NoCredentialsError
+
+from .errors import BackupError
+
+MIB = 1 << 20
+DEFAULT_PART = 8 * MIB
+MAX_PARTS = 10000
+CONCURRENCY = 4
+_MD5_ETAG = re.compile(r'^"?([0-9a-f]{32})(?:-(\d+))?"?$')
+
+
+def make_client(settings):
+    """A boto3 S3 client that works with S3-compatible providers (checksums when required)."""
+    config = Config(
+        region_name=settings.s3_region,
+        retries={"max_attempts": settings.s3_max_attempts, "mode": "standard"},
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        s3={"addressing_style": "path" if settings.s3_endpoint_url else "auto"},
+        connect_timeout=10,
+        read_timeout=120,
+    )
+    kwargs = {}
+    if settings.s3_access_key_id and settings.s3_secret_access_key:
+        kwargs = {"aws_access_key_id": settings.s3_access_key_id,
+                  "aws_secret_access_key": settings.s3_secret_access_key}
+    return boto3.session.Session().client("s3", endpoint_url=settings.s3_endpoint_url, config=config, **kwargs)
+
+
+def object_key(prefix: str | None, server_id: str, stamp: str, name: str) -> str:
+    """[S3_PREFIX/]SERVER_ID/YYYY/MM/DD/NAME, dated by the archive's UTC stamp."""
+    date = f"{stamp[0:4]}/{stamp[4:6]}/{stamp[6:8]}"
+    return "/".join(part for part in (prefix, server_id, date, name) if part)
+
+
+def describe(exc: Exception, endpoint: str | None, bucket: str) -> BackupError:
+    """One line for an S3 failure (boto's messages carry no secret)."""
+    where = f"{endpoint or 'AWS S3'} bucket {bucket}"
+    if isinstance(exc, NoCredentialsError):
+        return BackupError(f"no S3 credentials: set S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY ({where})")
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        code = err.get("Code", "?")
+        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"):
+            return BackupError(f"S3 refused the credentials or access ({code}) at {where}")
+        if code in ("NoSuchBucket", "404") and "bucket" in str(err.get("Message", "")).lower():
+            return BackupError(f"S3 bucket does not exist: {where}")
+        return BackupError(f"S3 error {code} at {where}: {err.get('Message', exc)}")
+    return BackupError(f"S3 unreachable at {where}: {exc}")
+
+
+def part_size_for(size: int, configured_mb: int = 0) -> int:
+    """Parts of at least 8 MiB (or S3_PART_SIZE_MB), growing so no upload needs >10,000."""
+    base = configured_mb * MIB if configured_mb else DEFAULT_PART
+    needed = math.ceil(size / (MAX_PARTS - 1)) if size else base
+    return max(base, math.ceil(needed / MIB) * MIB)
+
+
+def _md5(data: bytes) -> bytes:
+    return hashlib.md5(data, usedforsecurity=False).digest()
+
+
+@dataclass
+class Uploaded:
+    key: str
+    size: int
+    etag: str
+    verified_by: str
+    parts: int
+    resumed_parts: int = 0
+
+
+class _State:
+    """The multipart upload's progress on disk (rewritten atomically after each part)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.lock = threading.Lock()
+        try:
+            self.data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            self.data = {}
+
+    def save(self) -> None:
+        with self.lock:
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text(json.dumps(self.data))
+            os.replace(tmp, self.path)
+
+
+def abort_upload(client, bucket: str, key: str, upload_id: str) -> None:
+    """Abort one multipart upload; an already finished or aborted one is fine."""
+    try:
+        client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") not in ("NoSuchUpload", "404"):
+            raise
+
+
+def abort_state(client, bucket: str, state_path: Path) -> bool:
+    """Abort the upload recorded in a state file (for an abandoned run); True if one was."""
+    state = _State(state_path)
+    if state.data.get("upload_id"):
+        abort_upload(client, bucket, state.data["key"], state.data["upload_id"])
+        return True
+    return False
+
+
+def _server_parts(client, bucket: str, key: str, upload_id: str) -> dict[int, tuple[str, int]]:
+    parts: dict[int, tuple[str, int]] = {}
+    marker = 0
+    while True:
+        page = client.list_parts(Bucket=bucket, Key=key, UploadId=upload_id, PartNumberMarker=marker)
+        for part in page.get("Parts", []):
+            parts[part["PartNumber"]] = (part["ETag"].strip('"'), part["Size"])
+        if not page.get("IsTruncated"):
+            return parts
+        marker = page["NextPartNumberMarker"]
+
+
+def _existing(client, bucket: str, key: str) -> dict | None:
+    try:
+        return client.head_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return None
+        raise
+
+
+def verify_object(client, bucket: str, key: str, size: int, sha256: str, etag: str | None) -> str:
+    """Check the stored object: size, our sha256 metadata, and the content itself (through
+    its ETag, or by streaming it back when the provider's ETag is not an MD5)."""
+    head = client.head_object(Bucket=bucket, Key=key)
+    if head["ContentLength"] != size:
+        raise BackupError(f"S3 object {key} has {head['ContentLength']} bytes, expected {size}")
+    if head.get("Metadata", {}).get("sha256") != sha256:
+        raise BackupError(f"S3 object {key} carries another sha256 than the local archive")
+    stored = head.get("ETag", "").strip('"')
+    if etag and stored == etag:
+        return "etag"
+    digest = hashlib.sha256()
+    body = client.get_object(Bucket=bucket, Key=key)["Body"]
+    for chunk in body.iter_chunks(MIB):
+        digest.update(chunk)
+    if digest.hexdigest() != sha256:
+        raise BackupError(f"S3 object {key}: content does not match the local archive (sha256)")
+    return "download"
+
+
+def upload_archive(client, bucket: str, key: str, path: Path, sha256: str, metadata: dict[str, str],
+                   state_path: Path, *, storage_class: str | None = None, part_size: int | None = None,
+                   progress: Callable[[int], None] | None = None) -> Uploaded:
+    """Upload ``path`` to ``key`` (resuming a cut-off multipart upload) and verify it."""
+    size = path.stat().st_size
+    part_size = part_size or part_size_for(size)
+    extra = {"Metadata": {**metadata, "sha256": sha256}, "ContentType": "application/zstd"}
+    if storage_class:
+        extra["StorageClass"] = storage_class
+
+    head = _existing(client, bucket, key)
+    if head and head.get("Metadata", {}).get("sha256") == sha256 and head["ContentLength"] == size:
+        how = verify_object(client, bucket, key, size, sha256, None)
+        return Uploaded(key, size, head["ETag"].strip('"'), how, 0)
+
+    if size <= part_size:
+        with open(path, "rb") as handle:
+            data = handle.read()
+        md5 = _md5(data)
+        client.put_object(Bucket=bucket, Key=key, Body=data, ContentMD5=base64.b64encode(md5).decode(), **extra)
+        del data
+        if progress:
+            progress(size)
+        how = verify_object(client, bucket, key, size, sha256, md5.hex())
+        return Uploaded(key, size, md5.hex(), how, 1)
+
+    state = _State(state_path)
+    count = math.ceil(size / part_size)
+    same = {k: state.data.get(k) for k in ("key", "size", "sha256", "part_size")} == {
+        "key": key, "size": size, "sha256": sha256, "part_size": part_size}
+    done: dict[int, str] = {}
+    upload_id = state.data.get("upload_id") if same else None
+    if state.data.get("upload_id") and not same:
+        abort_upload(client, bucket, state.data["key"], state.data["upload_id"])
+    if upload_id:
+        try:
+            server = _server_parts(client, bucket, key, upload_id)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in ("NoSuchUpload", "404"):
+                raise
+            upload_id = None
+        else:
+            mine = state.data.get("parts", {})
+            for number, (etag, stored) in server.items():
+                expected = min(part_size, size - (number - 1) * part_size)
+                if mine.get(str(number)) == etag and stored == expected:
+                    done[number] = etag
+    for other in client.list_multipart_uploads(Bucket=bucket, Prefix=key).get("Uploads", []):
+        if other["Key"] == key and other["UploadId"] != upload_id:
+            abort_upload(client, bucket, key, other["UploadId"])
+    if not upload_id:
+        upload_id = client.create_multipart_upload(Bucket=bucket, Key=key, **extra)["UploadId"]
+        done = {}
+    state.data = {"key": key, "size": size, "sha256": sha256, "part_size": part_size,
+                  "upload_id": upload_id, "parts": {str(n): e for n, e in done.items()}}
+    state.save()
+    resumed = len(done)
+    if progress and done:
+        progress(sum(min(part_size, size - (n - 1) * part_size) for n in done))
+
+    fd = os.open(path, os.O_RDONLY)
+
+    def send(number: int) -> None:
+        length = min(part_size, size - (number - 1) * part_size)
+        data = os.pread(fd, length, (number - 1) * part_size)
+        md5 = _md5(data)
+        response = client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                                      Body=data, ContentMD5=base64.b64encode(md5).decode())
+        etag = response["ETag"].strip('"')
+        if etag != md5.hex() and _MD5_ETAG.match(etag):
+            raise BackupError(f"S3 stored part {number} of {key} with another checksum")
+        with state.lock:
+            state.data["parts"][str(number)] = etag
+        state.save()
+        if progress:
+            progress(length)
+
+    try:
+        missing = [n for n in range(1, count + 1) if n not in done]
+        with ThreadPoolExecutor(max_workers=CONCURRENCY) as pool:
+            for future in [pool.submit(send, n) for n in missing]:
+                future.result()
+    finally:
+        os.close(fd)
+    parts = [{"PartNumber": n, "ETag": state.data["parts"][str(n)]} for n in range(1, count + 1)]
+    response = client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id,
+                                                MultipartUpload={"Parts": parts})
+    md5s = [bytes.fromhex(p["ETag"]) if _MD5_ETAG.match(p["ETag"]) else b"" for p in parts]
+    expected = f"{_md5(b''.join(md5s)).hex()}-{count}" if all(md5s) else None
+    how = verify_object(client, bucket, key, size, sha256, expected)
+    state_path.unlink(missing_ok=True)
+    return Uploaded(key, size, response.get("ETag", "").strip('"'), how, count, resumed)

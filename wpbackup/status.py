@@ -1,0 +1,44 @@
+"""`doit status`: per site, the last successful backup, its age, size and where it is."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from . import catalog
+from .console import human_bytes
+from .settings import Settings
+from .sites import Site
+
+
+def _age_hours(timestamp: str, now: datetime) -> float:
+    moment = datetime.strptime(timestamp, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+    return (now - moment).total_seconds() / 3600
+
+
+def status_lines(settings: Settings, sites: list[Site], now: datetime | None = None) -> tuple[list[str], bool]:
+    """The status table and whether every site has a recent enough success."""
+    now = now or datetime.now(UTC)
+    last = catalog.last_successes(settings.db_path)
+    rows = [("SERVER", "SITE", "LAST SUCCESS (UTC)", "AGE", "SIZE", "STORED", "STATE")]
+    healthy = True
+    keys = [(settings.server_id, s.name) for s in sites if s.enabled]
+    keys += sorted(k for k in last if k not in keys)
+    for server, name in keys:
+        row = last.get((server, name))
+        if row is None:
+            rows.append((server, name, "never", "-", "-", "-", "NO BACKUP"))
+            healthy = False
+            continue
+        age = _age_hours(row["timestamp"], now)
+        stored = []
+        if row["s3_key"]:
+            stored.append(f"s3://{row['s3_bucket']}/{row['s3_key']}")
+        if server == settings.server_id and (settings.backup_dir / row["archive_name"]).exists():
+            stored.append(f"local:{settings.backup_dir / row['archive_name']}")
+        state = "OK" if age <= settings.backup_max_age_hours else f"STALE (>{settings.backup_max_age_hours:g}h)"
+        healthy = healthy and state == "OK"
+        rows.append((server, name, row["timestamp"], f"{age:.1f}h", human_bytes(row["archive_size"] or 0),
+                     " + ".join(stored) or "nowhere (deleted?)", state))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return lines, healthy

@@ -1,0 +1,312 @@
+"""The stages of one site's backup, as plain functions (doit knows them as tasks):
+
+    dump     mariadb-dump -> work/database.sql                 (beside tar, in parallel)
+    tar      wp-config.php + files -> work/files.part.zst
+    compress files part + database.sql + manifest -> BACKUP_DIR/{site}-backup-{stamp}.tar.zst
+    upload   archive -> S3 (resumable multipart), verified
+    catalog  s3_archives + SUCCESS in backups.db, LOCAL_KEEP applied, run closed
+
+Each stage first looks for its own receipt: a stage that already finished (even in a
+killed process whose doit state was lost) is not done again. A failure is written to the
+catalog as ERROR and raised as BackupError, with a message meant for the operator.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from . import __version__, archive, catalog, runs
+from .console import Progress, human_bytes, log
+from .errors import BackupError
+from .mysql import dump_database
+from .runs import Run
+from .s3 import abort_state, describe, make_client, object_key, upload_archive
+from .settings import Settings
+from .sites import Site
+from .wpconfig import wordpress_version
+
+STAGES = ("dump", "tar", "compress", "upload", "catalog")
+
+
+def guarded(stage: str, settings: Settings, site: Site, run: Run, work: Callable[[], dict]) -> dict:
+    """Run one stage; on failure record ERROR in the catalog and re-raise for doit."""
+    try:
+        return work()
+    except BackupError as exc:
+        message = f"{stage} failed: {exc}"
+    except Exception as exc:  # unexpected: keep the traceback for doit, but log it first
+        catalog.log_event(settings.db_path, "ERROR", f"{stage} failed: {type(exc).__name__}: {exc}",
+                          site=site.name, server_id=settings.server_id, stamp=run.stamp)
+        log.error("%s %s: failed: %s: %s", site.name, stage, type(exc).__name__, exc)
+        raise
+    catalog.log_event(settings.db_path, "ERROR", message, site=site.name,
+                      server_id=settings.server_id, stamp=run.stamp)
+    log.error("%s %s", site.name, message)
+    raise BackupError(message)
+
+
+def prepare_backup_dir(settings: Settings) -> None:
+    """BACKUP_DIR exists and is 0700 (archives inside hold wp-config.php, so the DB password)."""
+    settings.backup_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(settings.backup_dir, 0o700)
+    settings.work_dir.mkdir(exist_ok=True, mode=0o700)
+
+
+_start_lock = threading.Lock()
+
+
+def start(settings: Settings, site: Site, run: Run) -> None:
+    """Open the run (START line once, before any other line), cleaning older runs first."""
+    with _start_lock:
+        _start(settings, site, run)
+
+
+def _start(settings: Settings, site: Site, run: Run) -> None:
+    prepare_backup_dir(settings)
+    if not runs.open_run(run):
+        return
+    if run.abandoned:
+        cleanup_abandoned(settings, site, run)
+    for folder in runs.leftovers(run):  # receipts of closed runs
+        shutil.rmtree(folder, ignore_errors=True)
+    catalog.log_event(settings.db_path, "START", f"backup run {run.stamp} started", site=site.name,
+                      server_id=settings.server_id, stamp=run.stamp,
+                      uid=f"{settings.server_id}:{site.name}:{run.stamp}:start")
+    log.info("%s: run %s started", site.name, run.stamp)
+
+
+def cleanup_abandoned(settings: Settings, site: Site, run: Run) -> None:
+    """Remove what an abandoned run left: its work folder and any multipart upload."""
+    folder = run.site_dir / run.abandoned
+    state = folder / "upload-state.json"
+    if state.exists() and settings.s3_enabled:
+        try:
+            abort_state(make_client(settings), settings.s3_bucket, state)
+        except Exception as exc:  # cleanup must not block the new run
+            log.warning("%s: could not abort an old multipart upload: %s", site.name, exc)
+    shutil.rmtree(folder, ignore_errors=True)
+    message = (f"run {run.abandoned} was older than STALE_RUN_HOURS={settings.stale_run_hours:g} "
+               f"and is abandoned; run {run.stamp} replaces it")
+    catalog.log_event(settings.db_path, "INFO", message, site=site.name, server_id=settings.server_id,
+                      stamp=run.stamp)
+    log.info("%s: %s", site.name, message)
+
+
+def _info(settings: Settings, site: Site, run: Run, message: str) -> None:
+    catalog.log_event(settings.db_path, "INFO", message, site=site.name, server_id=settings.server_id,
+                      stamp=run.stamp)
+    log.info("%s: %s", site.name, message)
+
+
+def dump_stage(settings: Settings, site: Site, run: Run) -> dict:
+    """Dump the site's database to the run folder (skipped if this run already has it)."""
+    def work() -> dict:
+        start(settings, site, run)
+        done = run.receipt("dump")
+        if done and (run.folder / "database.sql").exists():
+            return done
+        db = site.database()
+        progress = Progress(f"{site.name} dump")
+        result = dump_database(db, run.folder / "database.sql", progress.set)
+        receipt = run.write_receipt("dump", {
+            "sha256": result.sha256, "size": result.size, "tables": result.tables,
+            "skipped_tables": result.skipped_tables, "server_version": result.server_version,
+            "tool": result.tool, "database": db.name, "table_prefix": db.table_prefix,
+            "seconds": round(progress.elapsed, 2),
+        })
+        _info(settings, site, run, f"database {db.name} dumped: {len(result.tables)} tables, "
+                                   f"{human_bytes(result.size)} in {progress.elapsed:.1f}s")
+        if result.skipped_tables:
+            _info(settings, site, run, f"{len(result.skipped_tables)} tables without prefix "
+                                       f"'{db.table_prefix}' not dumped: {', '.join(result.skipped_tables[:10])}")
+        return receipt
+    return guarded("dump", settings, site, run, work)
+
+
+def _skip_set(settings: Settings) -> set[tuple[int, int]]:
+    """Our own files never go into an archive, even when they sit inside a site."""
+    skip = set()
+    for path in (settings.backup_dir, settings.env_path, settings.db_path,
+                 settings.state_dir / ".doit.db"):
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        skip.add((st.st_dev, st.st_ino))
+    return skip
+
+
+def tar_stage(settings: Settings, site: Site, run: Run) -> dict:
+    """Stream wp-config.php and the site files into compressed tar members."""
+    def work() -> dict:
+        start(settings, site, run)
+        done = run.receipt("tar")
+        if done and ((run.folder / "files.part.zst").exists() or run.receipt("compress")):
+            return done
+        wp_config = site.wp_config()
+        if site.files == "wp-content" and not (site.path / "wp-content").is_dir():
+            raise BackupError(f"site {site.name}: {site.path / 'wp-content'} does not exist")
+        progress = Progress(f"{site.name} tar")
+        part = archive.write_files_part(
+            site.path, site.files, wp_config, site.excludes, _skip_set(settings),
+            run.folder / "files.part.zst", settings.zstd_level, settings.zstd_threads, progress.add)
+        stats = part.stats
+        receipt = run.write_receipt("tar", {
+            "size": part.size, "written": stats.written, "files": stats.files, "bytes": stats.bytes,
+            "dirs": stats.dirs, "links": stats.links, "warnings": stats.warnings,
+            "wordpress_version": wordpress_version(site.path), "seconds": round(progress.elapsed, 2),
+        })
+        _info(settings, site, run, f"{stats.files} files ({human_bytes(stats.bytes)}) archived "
+                                   f"in {progress.elapsed:.1f}s")
+        if stats.warnings:
+            _info(settings, site, run, f"{len(stats.warnings)} file warnings, first: "
+                                       + "; ".join(stats.warnings[:5]))
+        return receipt
+    return guarded("tar", settings, site, run, work)
+
+
+def manifest(settings: Settings, site: Site, run: Run, dump: dict, tar: dict) -> dict:
+    """manifest.json: what the archive holds, so verify and restore can check it."""
+    return {
+        "format": 1,
+        "site": site.name,
+        "server_id": settings.server_id,
+        "created_at": runs.parse_stamp(run.stamp).isoformat(),
+        "stamp": run.stamp,
+        "tool_version": __version__,
+        "wordpress_version": tar.get("wordpress_version"),
+        "table_prefix": dump["table_prefix"],
+        "database": {"name": dump["database"], "sha256": dump["sha256"], "bytes": dump["size"],
+                     "tables": dump["tables"], "server_version": dump["server_version"],
+                     "dump_tool": dump["tool"]},
+        "files": {"mode": site.files, "count": tar["files"], "bytes": tar["bytes"],
+                  "folders": tar["dirs"], "links": tar["links"], "warnings": tar["warnings"],
+                  "excluded": list(site.excludes)},
+    }
+
+
+def archive_path(settings: Settings, site: Site, run: Run) -> Path:
+    return settings.backup_dir / archive.archive_name(site.name, run.stamp)
+
+
+def compress_stage(settings: Settings, site: Site, run: Run) -> dict:
+    """Append the dump and the manifest to the files part; give the archive its final name."""
+    def work() -> dict:
+        done = run.receipt("compress")
+        target = archive_path(settings, site, run)
+        if done and target.exists():
+            return done
+        dump, tar = run.receipt("dump"), run.receipt("tar")
+        if not dump or not tar:
+            raise BackupError("the dump and tar stages of this run have not finished")
+        files_part = run.folder / "files.part.zst"
+        progress = Progress(f"{site.name} compress")
+        if files_part.exists():
+            sha256, size = archive.finish_archive(
+                files_part, tar["size"], tar["written"], run.folder / "database.sql",
+                manifest(settings, site, run, dump, tar), target,
+                settings.zstd_level, settings.zstd_threads, progress.add)
+        elif target.exists():  # renamed before a crash: complete, only the receipt is missing
+            sha256, size = archive.file_sha256(target), target.stat().st_size
+        else:
+            raise BackupError(f"{files_part} is missing: the run's intermediates were removed")
+        archive.write_sidecar(target, sha256)
+        receipt = run.write_receipt("compress", {"archive": target.name, "sha256": sha256, "size": size})
+        _info(settings, site, run, f"archive {target.name} written: {human_bytes(size)}")
+        return receipt
+    return guarded("compress", settings, site, run, work)
+
+
+def upload_stage(settings: Settings, site: Site, run: Run) -> dict:
+    """Upload the archive to S3 and verify it (local-only mode: say so and move on)."""
+    def work() -> dict:
+        done = run.receipt("upload")
+        if done:
+            return done
+        made = run.receipt("compress")
+        if not made:
+            raise BackupError("the archive of this run has not been written yet")
+        if not settings.s3_enabled:
+            _info(settings, site, run, "S3_BUCKET not set: local-only mode, archive kept in "
+                                       f"{settings.backup_dir}")
+            return run.write_receipt("upload", {"local_only": True})
+        path = settings.backup_dir / made["archive"]
+        key = object_key(settings.s3_prefix, settings.server_id, run.stamp, made["archive"])
+        progress = Progress(f"{site.name} upload", made["size"])
+        try:
+            client = make_client(settings)
+            result = upload_archive(
+                client, settings.s3_bucket, key, path, made["sha256"],
+                {"site": site.name, "server-id": settings.server_id}, run.folder / "upload-state.json",
+                storage_class=settings.s3_storage_class,
+                part_size=settings.s3_part_size_mb * (1 << 20) or None, progress=progress.add)
+        except BackupError:
+            raise
+        except Exception as exc:
+            raise describe(exc, settings.s3_endpoint_url, settings.s3_bucket) from None
+        uploaded_at = catalog.now_utc()
+        receipt = run.write_receipt("upload", {
+            "key": result.key, "bucket": settings.s3_bucket, "endpoint": settings.s3_endpoint_url,
+            "size": result.size, "sha256": made["sha256"], "etag": result.etag,
+            "verified_by": result.verified_by, "parts": result.parts, "resumed_parts": result.resumed_parts,
+            "uploaded_at": uploaded_at, "seconds": round(progress.elapsed, 2),
+        })
+        resumed = f", {result.resumed_parts} parts resumed" if result.resumed_parts else ""
+        _info(settings, site, run, f"uploaded to s3://{settings.s3_bucket}/{key} and verified "
+                                   f"({result.verified_by}){resumed} in {progress.elapsed:.1f}s")
+        return receipt
+    return guarded("upload", settings, site, run, work)
+
+
+def apply_local_keep(settings: Settings, site: Site, current: str) -> list[str]:
+    """Keep the newest LOCAL_KEEP archives of the site; delete older ones only when they have
+    a verified S3 copy (or in local-only mode, where LOCAL_KEEP is the retention)."""
+    names = sorted(p.name for p in settings.backup_dir.glob(f"{site.name}-backup-*.tar.zst")
+                   if p.name.startswith(f"{site.name}-backup-") and len(p.name) == len(current))
+    uploaded = catalog.uploaded_archives(settings.db_path, settings.server_id, site.name)
+    removed = []
+    for name in names[:-settings.local_keep]:
+        if name == current or (settings.s3_enabled and name not in uploaded):
+            continue
+        for path in (settings.backup_dir / name, settings.backup_dir / f"{name}.sha256"):
+            path.unlink(missing_ok=True)
+        removed.append(name)
+    return removed
+
+
+def catalog_stage(settings: Settings, site: Site, run: Run) -> dict:
+    """Record the verified backup (s3_archives, SUCCESS), apply LOCAL_KEEP, close the run."""
+    def work() -> dict:
+        made, sent, dump, tar = (run.receipt(s) for s in ("compress", "upload", "dump", "tar"))
+        if not made or not sent:
+            raise BackupError("the archive of this run has not been written and uploaded yet")
+        if not sent.get("local_only"):
+            catalog.record_upload(
+                settings.db_path, key=sent["key"], endpoint=sent["endpoint"], bucket=sent["bucket"],
+                size=sent["size"], sha256=sent["sha256"], site=site.name, server_id=settings.server_id,
+                stamp=run.stamp, archive_name=made["archive"], uploaded_at=sent["uploaded_at"])
+        where = "local only" if sent.get("local_only") else f"s3://{sent['bucket']}/{sent['key']}"
+        elapsed = (datetime.now(UTC) - runs.parse_stamp(run.stamp)).total_seconds()
+        details = (f"backup {made['archive']} complete: {human_bytes(made['size'])}, "
+                   f"{len(dump['tables']) if dump else '?'} tables, {tar['files'] if tar else '?'} files, "
+                   f"{where}")
+        catalog.log_event(settings.db_path, "SUCCESS", details, site=site.name, server_id=settings.server_id,
+                          stamp=run.stamp, uid=f"{settings.server_id}:{site.name}:{run.stamp}:success",
+                          archive_name=made["archive"], archive_size=made["size"], archive_sha256=made["sha256"])
+        summary = {"archive": made["archive"], "size": made["size"], "where": where,
+                   "seconds": round(elapsed, 1)}
+        removed = apply_local_keep(settings, site, made["archive"])
+        if removed:
+            _info(settings, site, run, f"LOCAL_KEEP={settings.local_keep}: removed {len(removed)} older "
+                                       f"local archives: {', '.join(removed)}")
+        receipt = run.write_receipt("catalog", summary)
+        runs.close_run(run)
+        log.info("%s: %s", site.name, details)
+        return receipt
+    return guarded("catalog", settings, site, run, work)
+
