@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Run wordpress-backup: keeps a virtualenv in .venv up to date, then runs doit with your arguments.
+#   ./run.sh backup      back up every enabled site in sites.json
+#   ./run.sh status      last successful backup per site
+#   ./run.sh list        every command
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+
+if ! command -v mariadb-dump >/dev/null 2>&1 && ! command -v mysqldump >/dev/null 2>&1; then
+    if [ "$(id -u)" -eq 0 ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mariadb-client >/dev/null
+    else
+        echo "mariadb-dump (or mysqldump) is needed: sudo apt-get install mariadb-client" >&2
+        exit 1
+    fi
+fi
+if [ ! -x "$here/.venv/bin/python" ]; then
+    if ! python3 -m venv "$here/.venv" 2>/dev/null; then
+        if [ "$(id -u)" -eq 0 ]; then
+            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+            rm -rf "$here/.venv" && python3 -m venv "$here/.venv"
+        else
+            echo "python3-venv is needed: sudo apt-get install python3-venv" >&2
+            exit 1
+        fi
+    fi
+fi
+stamp="$here/.venv/.requirements.sha256"
+wanted=$(sha256sum "$here/requirements.txt" | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+    "$here/.venv/bin/python" -m pip install -q --disable-pip-version-check -r "$here/requirements.txt"
+    echo "$wanted" > "$stamp"
+fi
+export PYTHONUNBUFFERED=1
+exec "$here/.venv/bin/python" -m doit -f "$here/dodo.py" "$@"
