@@ -127,3 +127,27 @@ def install(tmp_path):
     root = tmp_path / "install"
     root.mkdir()
     return Install(root)
+
+
+@pytest.fixture
+def s3_proxy(s3):
+    from .faults import S3Proxy
+
+    proxy = S3Proxy(s3.url)
+    yield proxy
+    proxy.stop()
+
+
+def make_site(base: Path, wordpress: WordPress, big_mb: int = 0, name: str = "site") -> Path:
+    """A light site folder sharing the WordPress database: wp-config.php, version.php and a
+    wp-content with the real uploads, plus an optional large incompressible file."""
+    root = base / name
+    (root / "wp-includes").mkdir(parents=True)
+    shutil.copy(wordpress.path / "wp-config.php", root / "wp-config.php")
+    shutil.copy(wordpress.path / "wp-includes" / "version.php", root / "wp-includes" / "version.php")
+    shutil.copytree(wordpress.path / "wp-content" / "uploads", root / "wp-content" / "uploads")
+    if big_mb:
+        with open(root / "wp-content" / "uploads" / "video.mp4", "wb") as handle:
+            for _ in range(big_mb):
+                handle.write(os.urandom(1 << 20))
+    return root

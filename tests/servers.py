@@ -57,7 +57,10 @@ class MariaDB:
                 "-uroot", "--batch", "--skip-column-names", "-e", statement]
         if database:
             argv.append(database)
-        return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+        result = subprocess.run(argv, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"SQL failed: {result.stderr.strip()}")
+        return result.stdout
 
     def load(self, database: str, sql_path: Path) -> None:
         with open(sql_path, "rb") as handle:

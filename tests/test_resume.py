@@ -1,0 +1,166 @@
+"""Resume: a run that died half-way (S3 refusing, kill -9 mid-upload, mid-dump, mid-
+compression) is finished by the next `doit backup`: same archive, no second dump, one
+object, one catalog row, and never a partial file under the final name."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from .conftest import make_site
+
+
+def _wait(predicate, proc: subprocess.Popen, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc.poll() is not None:
+            raise AssertionError(f"doit ended early ({proc.returncode}):\n{proc.stdout.read()}")
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for the run to reach the point to kill it")
+        time.sleep(0.02)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def _count(install, status: str, like: str) -> int:
+    return len(install.rows("SELECT id FROM backup_log WHERE status = ? AND details LIKE ?", status, like))
+
+
+def _objects(s3) -> list[dict]:
+    return s3.s3.list_objects_v2(Bucket=s3.bucket).get("Contents", [])
+
+
+def _setup_upload(install, s3, proxy, wordpress, tmp_path) -> None:
+    install.use_s3(s3)
+    install.env.update(S3_ENDPOINT_URL=proxy.url, S3_PART_SIZE_MB="5")
+    install.sites.append({"name": "big", "path": str(make_site(tmp_path, wordpress, big_mb=22))})
+
+
+def test_upload_refused_midway_resumes_from_stored_parts(install, wordpress, s3, s3_proxy, tmp_path):
+    _setup_upload(install, s3, s3_proxy, wordpress, tmp_path)
+    s3_proxy.mode, s3_proxy.after_parts = "refuse", 2
+    first = install.doit("backup")
+    assert first.returncode != 0
+    assert "SUMMARY big: FAILED at upload" in first.stdout + first.stderr
+    assert install.rows("SELECT * FROM s3_archives") == []
+    assert _count(install, "ERROR", "upload failed%") == 1
+    [archive] = install.archives()
+    uploads = s3.s3.list_multipart_uploads(Bucket=s3.bucket).get("Uploads", [])
+    assert len(uploads) == 1
+
+    s3_proxy.mode = "pass"
+    second = install.doit("backup")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert install.archives() == [archive]
+    [obj] = _objects(s3)
+    assert obj["Key"].endswith(archive.name) and obj["Size"] == archive.stat().st_size
+    assert len(install.rows("SELECT * FROM s3_archives")) == 1
+    assert _count(install, "INFO", "%2 parts resumed%") == 1
+    assert _count(install, "INFO", "database % dumped%") == 1
+    assert _count(install, "START", "%") == 1
+    assert s3.s3.list_multipart_uploads(Bucket=s3.bucket).get("Uploads", []) == []
+
+
+def test_kill_9_during_upload_resumes_without_new_dump(install, wordpress, s3, s3_proxy, tmp_path):
+    _setup_upload(install, s3, s3_proxy, wordpress, tmp_path)
+    s3_proxy.mode, s3_proxy.after_parts = "hang", 1
+    proc = install.start("backup")
+
+    def one_part_stored() -> bool:
+        states = list((install.backup_dir / ".work").glob("big/*/upload-state.json"))
+        try:
+            return bool(states and json.loads(states[0].read_text())["parts"])
+        except (ValueError, KeyError, OSError):
+            return False
+
+    _wait(lambda: s3_proxy.hanging.is_set() and one_part_stored(), proc)
+    _kill(proc)
+    s3_proxy.mode = "pass"
+    s3_proxy.release.set()
+    [archive] = install.archives()
+
+    result = install.doit("backup")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert install.archives() == [archive]
+    [obj] = _objects(s3)
+    assert obj["Size"] == archive.stat().st_size
+    assert len(install.rows("SELECT * FROM s3_archives")) == 1
+    assert _count(install, "INFO", "%parts resumed%") == 1
+    assert _count(install, "INFO", "database % dumped%") == 1
+    assert _count(install, "INFO", "archive % written%") == 1
+    assert _count(install, "SUCCESS", "%") == 1
+
+
+STALLING_DUMP = """#!/bin/sh
+# Test double around the real mariadb-dump: passes its first bytes, then stalls.
+case "$1" in --version) exec {real} "$@";; esac
+{real} "$@" | {{ dd bs=2000 count=1 2>/dev/null; touch {marker}; sleep 120; cat; }}
+"""
+
+
+def test_kill_9_during_dump_leaves_no_final_file_and_resumes_same_run(install, wordpress, tmp_path):
+    real = subprocess.run(["sh", "-c", "command -v mariadb-dump"], capture_output=True, text=True).stdout.strip()
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    marker = tmp_path / "dump-started"
+    (bindir / "mariadb-dump").write_text(STALLING_DUMP.format(real=real, marker=marker))
+    (bindir / "mariadb-dump").chmod(0o755)
+    install.add_site("blog", wordpress)
+    proc = install.start("backup", env={"PATH": f"{bindir}:{os.environ['PATH']}"})
+    _wait(marker.exists, proc)
+    _kill(proc)
+    work = install.backup_dir / ".work" / "blog"
+    stamp = json.loads((work / "run.json").read_text())["stamp"]
+    assert not (work / stamp / "database.sql").exists()
+    assert install.archives() == []
+
+    result = install.doit("backup")
+    assert result.returncode == 0, result.stdout + result.stderr
+    [archive] = install.archives()
+    assert archive.name == f"blog-backup-{stamp}.tar.zst"
+    assert _count(install, "START", "%") == 1
+    assert subprocess.run(["tar", "--zstd", "-tf", str(archive)], capture_output=True).returncode == 0
+
+
+def test_kill_9_during_compression_never_leaves_a_final_named_partial(install, wordpress, mariadb, tmp_path):
+    mariadb.sql(f"CREATE DATABASE killtest; GRANT ALL ON killtest.* TO '{wordpress.db_user}'@'127.0.0.1'")
+    mariadb.sql("CREATE TABLE killtest.wp_big (id INT PRIMARY KEY AUTO_INCREMENT, v LONGTEXT); "
+                "INSERT INTO killtest.wp_big (v) SELECT SHA2(RAND(), 512) FROM seq_1_to_20000;", database="killtest")
+    root = make_site(tmp_path, wordpress, big_mb=16)
+    wordpress.write_config("killtest", root)
+    install.env["ZSTD_LEVEL"] = "19"
+    install.sites.append({"name": "slow", "path": str(root)})
+    work = install.backup_dir / ".work" / "slow"
+
+    def folder() -> Path:
+        return work / json.loads((work / "run.json").read_text())["stamp"]
+
+    proc = install.start("backup")  # kill while the files are being compressed
+    _wait(lambda: (work / "run.json").exists() and (folder() / "dump.json").exists()
+          and (folder() / "files.part.zst.tmp").exists(), proc)
+    _kill(proc)
+    assert install.archives() == []
+    assert not (folder() / "files.part.zst").exists()
+
+    proc = install.start("backup")  # kill while the dump is appended to the archive
+    _wait(lambda: (folder() / "tar.json").exists(), proc)
+    _kill(proc)
+    assert install.archives() == []
+    assert not (folder() / "compress.json").exists()
+
+    result = install.doit("backup")
+    assert result.returncode == 0, result.stdout + result.stderr
+    [archive] = install.archives()
+    assert archive.name == f"slow-backup-{folder().name}.tar.zst"
+    assert _count(install, "INFO", "database % dumped%") == 1
+    listing = subprocess.run(["tar", "--zstd", "-tvf", str(archive)], capture_output=True, text=True)
+    assert listing.returncode == 0 and "database.sql" in listing.stdout and "manifest.json" in listing.stdout
+    check = subprocess.run(["sha256sum", "-c", archive.name + ".sha256"], cwd=install.backup_dir)
+    assert check.returncode == 0
