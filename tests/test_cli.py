@@ -1,0 +1,215 @@
+"""The operator's view: exit codes, messages and files for failures, bad config, the lock,
+local-only mode, `doit status` and `doit list`."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+from .conftest import make_site
+from .servers import IS_ROOT
+
+
+def _out(result) -> str:
+    return result.stdout + result.stderr
+
+
+def test_one_site_with_wrong_password_fails_alone(install, wordpress, s3):
+    install.use_s3(s3)
+    install.add_site("good", wordpress)
+    install.add_site("bad", wordpress, db={"password": "not-the-password-42"})
+    result = install.doit("backup")
+    output = _out(result)
+    assert result.returncode != 0
+    assert "SUMMARY good: OK" in output
+    assert "SUMMARY bad: FAILED at dump" in output
+    assert "login refused for user 'u_wordpress'" in output and "wrong password" in output
+    assert "Traceback" not in output
+    assert [r["site_name"] for r in install.rows("SELECT site_name FROM s3_archives")] == ["good"]
+    [error] = install.rows("SELECT * FROM backup_log WHERE status = 'ERROR'")
+    assert error["site_name"] == "bad" and error["server_id"] == "web-1" and "login refused" in error["details"]
+    assert "not-the-password-42" not in output
+    assert b"not-the-password-42" not in install.db_path.read_bytes()
+    assert [a.name.split("-backup-")[0] for a in install.archives()] == ["good"]
+
+
+def test_local_only_mode_keeps_local_keep_archives_and_status_reports(install, wordpress):
+    install.add_site("blog", wordpress)
+    install.env["LOCAL_KEEP"] = "2"
+    before = install.doit("status")
+    assert before.returncode != 0 and "NO BACKUP" in before.stdout
+    for _ in range(3):
+        result = install.doit("backup")
+        assert result.returncode == 0, _out(result)
+    assert "local-only mode" in _out(result)
+    archives = install.archives()
+    assert len(archives) == 2
+    assert all(a.with_name(a.name + ".sha256").exists() for a in archives)
+    assert install.rows("SELECT * FROM s3_archives") == []
+    status = install.doit("status")
+    assert status.returncode == 0, _out(status)
+    line = next(line for line in status.stdout.splitlines() if " blog " in f" {line} ")
+    assert "OK" in line and archives[-1].name in line and "local:" in line
+    install.env["BACKUP_MAX_AGE_HOURS"] = "0.00001"
+    stale = install.doit("status")
+    assert stale.returncode != 0 and "STALE" in stale.stdout
+
+
+def test_list_shows_every_stage_per_site(install, wordpress):
+    install.add_site("blog", wordpress)
+    install.add_site("shop", wordpress, enabled=False)
+    result = install.doit("list", "--all")
+    assert result.returncode == 0, _out(result)
+    names = {line.split()[0] for line in result.stdout.splitlines() if line.strip()}
+    for stage in ("dump", "tar", "compress", "upload", "catalog", "backup"):
+        assert f"{stage}:blog" in names and stage in names
+        assert f"{stage}:shop" not in names
+    assert {"sync", "status"} <= names
+    assert all(len(line.split(None, 1)) == 2 for line in result.stdout.splitlines() if line.strip())
+
+
+@pytest.mark.parametrize("sites, expected", [
+    ({"sites": [{"name": "blog", "path": "/srv/x", "colour": "red"}]}, "site 'blog': colour: unknown key"),
+    ({"sites": [{"name": "blog", "path": "/srv/x", "enabled": "yes"}]}, "site 'blog': enabled: expected true or false"),
+    ({"sites": [{"name": "Blog!", "path": "/srv/x"}]}, "site 'Blog!': name: 'Blog!' must match"),
+    ({"sites": [{"name": "blog", "path": "/a"}, {"name": "blog", "path": "/b"}]}, "site 'blog': name: duplicate"),
+    ({"sites": [{"name": "blog"}]}, "site 'blog': path: required"),
+    ({"sites": [{"name": "blog", "path": "/srv/x", "db": {"port": "1"}}]},
+     "site 'blog': db: port: expected an integer"),
+    ({"sites": [{"name": "blog", "path": "/srv/x", "files": "everything"}]}, "site 'blog': files: must be"),
+    ("{not json", "invalid JSON"),
+])
+def test_bad_sites_json_stops_before_any_task(install, sites, expected):
+    install.write()
+    (install.root / "sites.json").write_text(sites if isinstance(sites, str) else json.dumps(sites))
+    result = subprocess.run(install.command("backup"), capture_output=True, text=True,
+                            env=install.process_env(), cwd=install.root)
+    assert result.returncode == 3
+    assert expected in result.stderr and str(install.root / "sites.json") in result.stderr
+    assert "Traceback" not in _out(result)
+    assert not install.backup_dir.exists()
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("SERVER_ID", "Web_1", "SERVER_ID: 'Web_1' is not valid"),
+    ("ZSTD_LEVEL", "fast", "ZSTD_LEVEL: expected a number"),
+    ("LOCAL_KEEP", "0", "LOCAL_KEEP: must be at least 1"),
+])
+def test_bad_env_value_is_named(install, wordpress, key, value, expected):
+    install.add_site("blog", wordpress)
+    install.env[key] = value
+    result = install.doit("backup")
+    assert result.returncode == 3
+    assert expected in result.stderr and str(install.env_path) in result.stderr
+    assert "Traceback" not in _out(result)
+
+
+def test_missing_sites_file_says_what_to_do(install):
+    install.env_path.write_text("SERVER_ID=web-1\n")
+    result = subprocess.run(install.command("backup"), capture_output=True, text=True,
+                            env=install.process_env(), cwd=install.root)
+    assert result.returncode == 3 and "sites.json.sample" in result.stderr
+
+
+def test_missing_site_path_or_wp_config_fails_that_site_only(install, wordpress, tmp_path):
+    no_config = make_site(tmp_path, wordpress, name="noconfig")
+    (no_config / "wp-config.php").unlink()
+    install.add_site("good", wordpress)
+    install.sites.append({"name": "gone", "path": str(tmp_path / "does-not-exist")})
+    install.sites.append({"name": "noconfig", "path": str(no_config)})
+    result = install.doit("backup")
+    output = _out(result)
+    assert result.returncode != 0
+    assert "SUMMARY good: OK" in output
+    assert f"path {tmp_path / 'does-not-exist'} does not exist" in output
+    assert f"no wp-config.php in {no_config} or its parent folder" in output
+    assert "Traceback" not in output
+    errors = {r["site_name"] for r in install.rows("SELECT site_name FROM backup_log WHERE status='ERROR'")}
+    assert errors == {"gone", "noconfig"}
+
+
+def test_unreachable_database_is_reported(install, wordpress):
+    from .servers import free_port
+
+    install.add_site("blog", wordpress, db={"host": "127.0.0.1", "port": free_port()})
+    result = install.doit("backup")
+    assert result.returncode != 0
+    assert "database server unreachable at 127.0.0.1:" in _out(result)
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"S3_BUCKET": "no-such-bucket"}, "S3 bucket does not exist"),
+    ({"S3_ENDPOINT_URL": "http://127.0.0.1:9"}, "S3 unreachable at http://127.0.0.1:9"),
+])
+def test_s3_problems_are_reported_and_nothing_recorded(install, wordpress, s3, change, expected):
+    install.use_s3(s3)
+    install.env.update(S3_MAX_ATTEMPTS="1", **change)
+    install.add_site("blog", wordpress)
+    result = install.doit("backup")
+    assert result.returncode != 0
+    assert expected in _out(result)
+    assert "testing-secret-key-123" not in _out(result)
+    assert install.rows("SELECT * FROM s3_archives") == []
+    assert install.rows("SELECT * FROM backup_log WHERE status = 'SUCCESS'") == []
+    assert len(install.archives()) == 1  # kept locally for the next run to upload
+
+
+def test_second_backup_while_one_runs_exits_at_once(install, wordpress):
+    install.add_site("blog", wordpress)
+    install.write()
+    with open(install.root / ".wpbackup.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("pid 12345, started 2026-11-25T03:00:00+00:00\n")
+        held.flush()
+        started = time.monotonic()
+        result = install.doit("backup")
+        assert time.monotonic() - started < 10
+        assert result.returncode != 0
+        assert "already in progress (pid 12345" in result.stderr
+        assert install.doit("status").returncode != 0  # read-only commands still work
+        assert "NO BACKUP" in install.doit("status").stdout
+    assert not install.backup_dir.exists()
+    assert install.doit("backup").returncode == 0
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="mounting a small tmpfs needs root")
+def test_disk_full_removes_partial_file_and_records_no_success(install, wordpress, tmp_path):
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], check=True)
+    try:
+        install.env["BACKUP_DIR"] = str(mount / "backups")
+        install.sites.append({"name": "big", "path": str(make_site(tmp_path, wordpress, big_mb=6))})
+        result = install.doit("backup")
+        assert result.returncode != 0
+        assert "disk full" in _out(result)
+        leftovers = [p for p in (mount / "backups").rglob("*") if p.is_file() and p.stat().st_size > 100_000]
+        assert leftovers == []
+        assert not list((mount / "backups").glob("*.tar.zst"))
+        assert install.rows("SELECT * FROM backup_log WHERE status = 'SUCCESS'") == []
+        assert install.rows("SELECT * FROM backup_log WHERE status = 'ERROR'")
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_secrets_stay_out_of_argv(install, wordpress, tmp_path):
+    """mariadb-dump gets the password through a 0600 option file, never on its command line."""
+    spy = tmp_path / "bin"
+    spy.mkdir()
+    log = tmp_path / "argv.log"
+    real = subprocess.run(["sh", "-c", "command -v mariadb-dump"], capture_output=True, text=True).stdout.strip()
+    (spy / "mariadb-dump").write_text(
+        f'#!/bin/sh\necho "$@" >> {log}\nfor a in "$@"; do case "$a" in --defaults-file=*) '
+        f'stat -c %a "${{a#--defaults-file=}}" >> {log};; esac; done\nexec {real} "$@"\n')
+    (spy / "mariadb-dump").chmod(0o755)
+    install.add_site("blog", wordpress)
+    result = install.doit("backup", env={"PATH": f"{spy}:{os.environ['PATH']}"})
+    assert result.returncode == 0, _out(result)
+    recorded = log.read_text()
+    assert "--defaults-file=" in recorded and "\n600\n" in recorded
+    assert wordpress.db_password not in recorded
