@@ -87,6 +87,7 @@ def load(argv: list[str] | None = None) -> Context:
             print(f"wordpress-backup: {exc}", file=sys.stderr)
             raise SystemExit(4) from None
         signal.signal(signal.SIGTERM, _on_sigterm)
+        signal.signal(signal.SIGHUP, _on_sigterm)
     now = datetime.now(UTC)
     plans = {site.name: runs.plan_run(settings.work_dir, site.name, now, settings.stale_run_hours)
              for site in sites if site.enabled}

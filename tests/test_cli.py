@@ -213,3 +213,11 @@ def test_secrets_stay_out_of_argv(install, wordpress, tmp_path):
     recorded = log.read_text()
     assert "--defaults-file=" in recorded and "\n600\n" in recorded
     assert wordpress.db_password not in recorded
+
+
+def test_backup_of_one_site_leaves_the_others(install, wordpress):
+    install.add_site("blog", wordpress)
+    install.add_site("shop", wordpress)
+    result = install.doit("backup:shop")
+    assert result.returncode == 0, _out(result)
+    assert [a.name.split("-backup-")[0] for a in install.archives()] == ["shop"]

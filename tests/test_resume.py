@@ -164,3 +164,52 @@ def test_kill_9_during_compression_never_leaves_a_final_named_partial(install, w
     assert listing.returncode == 0 and "database.sql" in listing.stdout and "manifest.json" in listing.stdout
     check = subprocess.run(["sha256sum", "-c", archive.name + ".sha256"], cwd=install.backup_dir)
     assert check.returncode == 0
+
+
+def test_sigterm_saves_doit_state_and_stops_children(install, wordpress, tmp_path):
+    real = subprocess.run(["sh", "-c", "command -v mariadb-dump"], capture_output=True, text=True).stdout.strip()
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    marker = tmp_path / "dump-started"
+    (bindir / "mariadb-dump").write_text(STALLING_DUMP.format(real=real, marker=marker))
+    (bindir / "mariadb-dump").chmod(0o755)
+    install.add_site("blog", wordpress)
+    proc = install.start("backup", env={"PATH": f"{bindir}:{os.environ['PATH']}"})
+    work = install.backup_dir / ".work" / "blog"
+    _wait(lambda: marker.exists() and any(work.glob("*/tar.json")), proc)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=30)
+    assert proc.returncode != 0 and time.monotonic() - started < 15
+    assert "terminated by signal 15" in output
+    state = install.root / ".doit.db"
+    import sqlite3
+
+    saved = {row[0] for row in sqlite3.connect(state).execute("SELECT task_id FROM doit")}
+    assert "tar:blog" in saved and "dump:blog" not in saved
+    leftover = subprocess.run(["pgrep", "-f", str(bindir)], capture_output=True, text=True).stdout
+    assert leftover.strip() == "" or all(
+        not os.path.exists(f"/proc/{pid}") for pid in leftover.split())
+    result = install.doit("backup")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert _count(install, "INFO", "% files % archived%") == 1
+
+
+def test_stale_open_run_is_abandoned_and_cleaned(install, wordpress, s3, s3_proxy, tmp_path):
+    _setup_upload(install, s3, s3_proxy, wordpress, tmp_path)
+    s3_proxy.mode, s3_proxy.after_parts = "refuse", 1
+    assert install.doit("backup").returncode != 0
+    [old] = install.archives()
+    assert len(s3.s3.list_multipart_uploads(Bucket=s3.bucket).get("Uploads", [])) == 1
+    old_stamp = old.name.split("-backup-")[1][:-len(".tar.zst")]
+    time.sleep(1.1)
+    s3_proxy.mode = "pass"
+    install.env["STALE_RUN_HOURS"] = "0.0001"
+    result = install.doit("backup")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(install.archives()) == 2  # the old complete archive is kept, a new one made
+    assert _count(install, "INFO", f"run {old_stamp} was older than STALE_RUN_HOURS%") == 1
+    assert not (install.backup_dir / ".work" / "big" / old_stamp).exists()
+    assert s3.s3.list_multipart_uploads(Bucket=s3.bucket).get("Uploads", []) == []
+    [obj] = _objects(s3)
+    assert old_stamp not in obj["Key"]

@@ -1,7 +1,14 @@
-"""Child processes in flight, so a SIGTERM can stop them before doit saves its state."""
+"""Child processes in flight, so a SIGTERM can stop them before doit saves its state.
+
+Children run in their own process group (``spawn``), so stopping one also stops anything
+it started, and none outlives the run.
+"""
 
 from __future__ import annotations
 
+import atexit
+import os
+import signal
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -22,14 +29,28 @@ def tracked(proc: subprocess.Popen) -> Iterator[subprocess.Popen]:
         with _lock:
             _running.discard(proc)
         if proc.poll() is None:
-            proc.kill()
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             proc.wait()
 
 
+def spawn(argv: list[str], **kwargs) -> subprocess.Popen:
+    """Popen in a process group of its own (see terminate_all)."""
+    return subprocess.Popen(argv, process_group=0, **kwargs)
+
+
 def terminate_all() -> None:
-    """Ask every tracked child to stop (called from the SIGTERM handler)."""
+    """Stop every tracked child and its process group (SIGTERM handler, exit)."""
     with _lock:
         procs = list(_running)
     for proc in procs:
         if proc.poll() is None:
-            proc.terminate()
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+
+atexit.register(terminate_all)

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .children import tracked
+from .children import spawn, tracked
 from .errors import BackupError
 from .sites import DbSettings
 
@@ -188,7 +188,7 @@ def dump_database(db: DbSettings, target: Path, progress: Callable[[int], None] 
         errors: list[bytes] = []
         try:
             fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as out, tracked(subprocess.Popen(
+            with os.fdopen(fd, "wb") as out, tracked(spawn(
                 argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE
             )) as proc:
                 reader = threading.Thread(target=lambda: errors.append(proc.stderr.read(1 << 16)), daemon=True)

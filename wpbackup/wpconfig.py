@@ -17,7 +17,8 @@ _STRING = r"""(?:'((?:[^'\\]|\\.)*)'|"((?:[^"\\]|\\.)*)")"""
 _DEFINE_RE = re.compile(r"define\s*\(\s*" + _STRING + r"\s*,\s*" + _STRING + r"\s*(?:,[^)]*)?\)", re.S)
 _PREFIX_RE = re.compile(r"\$table_prefix\s*=\s*" + _STRING + r"\s*;")
 _VERSION_RE = re.compile(r"\$wp_version\s*=\s*" + _STRING + r"\s*;")
-_COMMENTS_RE = re.compile(r"/\*.*?\*/|(?m:^\s*(?://|#).*$)", re.S)
+# strings are matched (and kept) so that '//' or '/*' inside a value is not taken for a comment
+_STRINGS_OR_COMMENTS_RE = re.compile(r"""('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")|/\*.*?\*/|//[^\n]*|#[^\n]*""", re.S)
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ def parse_wp_config(path: Path) -> dict[str, str]:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
         raise BackupError(f"cannot read {path}: {exc.strerror}") from None
-    code = _COMMENTS_RE.sub("", text)
+    code = _STRINGS_OR_COMMENTS_RE.sub(lambda m: m.group(1) or "", text)
     found: dict[str, str] = {}
     for match in _DEFINE_RE.finditer(code):
         name = _unquote(match.group(1), match.group(2))
