@@ -5,6 +5,9 @@ from __future__ import annotations
 from doit.reporter import ConsoleReporter
 
 from wpbackup.console import human_bytes
+from wpbackup.healthcheck import ping
+
+from .context import CONTEXT
 
 STAGES = ("dump", "tar", "compress", "upload", "catalog")
 
@@ -15,6 +18,11 @@ class SummaryReporter(ConsoleReporter):
     def __init__(self, outstream, options):
         super().__init__(outstream, options)
         self.sites: dict[str, dict] = {}
+        self.url = CONTEXT.settings.raw.get("HEALTHCHECK_URL") if CONTEXT.mutating else None
+
+    def initialize(self, tasks, selected_tasks):
+        super().initialize(tasks, selected_tasks)
+        ping(self.url, "start")
 
     def _site(self, task):
         stage, _, site = task.name.partition(":")
@@ -26,9 +34,6 @@ class SummaryReporter(ConsoleReporter):
         if stage == "catalog":
             self.sites.setdefault(site, {})["done"] = task.values or {}
 
-    def skip_uptodate(self, task):
-        super().skip_uptodate(task)
-
     def add_failure(self, task, fail):
         super().add_failure(task, fail)
         stage, site = self._site(task)
@@ -38,11 +43,15 @@ class SummaryReporter(ConsoleReporter):
 
     def complete_run(self):
         super().complete_run()
+        lines = []
         for site, info in sorted(self.sites.items()):
             if "failed" in info:
                 stage, message = info["failed"]
-                self.write(f"SUMMARY {site}: FAILED at {stage}: {' '.join(message)}\n")
+                lines.append(f"SUMMARY {site}: FAILED at {stage}: {' '.join(message)}")
             elif "done" in info:
                 done = info["done"]
-                self.write(f"SUMMARY {site}: OK {done.get('archive')} {human_bytes(done.get('size', 0))}, "
-                           f"{done.get('where')}, {done.get('seconds')}s\n")
+                lines.append(f"SUMMARY {site}: OK {done.get('archive')} {human_bytes(done.get('size', 0))}, "
+                             f"{done.get('where')}, {done.get('seconds')}s")
+        if lines:
+            self.write("\n".join(lines) + "\n")
+        ping(self.url, "fail" if self.failures or self.runtime_errors else "", "\n".join(lines))

@@ -221,3 +221,36 @@ def test_backup_of_one_site_leaves_the_others(install, wordpress):
     result = install.doit("backup:shop")
     assert result.returncode == 0, _out(result)
     assert [a.name.split("-backup-")[0] for a in install.archives()] == ["shop"]
+
+
+def test_healthcheck_pings_start_then_success_or_fail(install, wordpress):
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    seen: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            seen.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        install.env["HEALTHCHECK_URL"] = f"http://127.0.0.1:{server.server_address[1]}/ping/abc"
+        install.add_site("blog", wordpress)
+        assert install.doit("backup").returncode == 0
+        assert seen == ["/ping/abc/start", "/ping/abc"]
+        install.add_site("bad", wordpress, db={"password": "wrong-one"})
+        assert install.doit("backup").returncode != 0
+        assert seen[2:] == ["/ping/abc/start", "/ping/abc/fail"]
+        install.doit("status")
+        assert len(seen) == 4  # read-only commands do not ping
+    finally:
+        server.shutdown()

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import zstandard
 
-from .errors import BackupError
+from .errors import disk_error
 from .tarstream import CHUNK, TreeStats, bytes_member, end_of_archive, header, padding, write_file, write_tree
 
 # sha256 state of a files part written by this process, so compress need not read it again.
@@ -60,10 +60,6 @@ def archive_name(site: str, stamp: str) -> str:
     return f"{site}-backup-{stamp}.tar.zst"
 
 
-def _disk_error(path: Path, exc: OSError) -> BackupError:
-    return BackupError(f"cannot write {path}: {exc.strerror}" + (" (disk full)" if exc.errno == 28 else ""))
-
-
 @dataclass
 class FilesPart:
     size: int
@@ -92,7 +88,7 @@ def write_files_part(root: Path, files: str, wp_config: Path, excludes: tuple[st
             os.close(fd)
         os.replace(partial, target)
     except OSError as exc:
-        raise _disk_error(partial, exc) from None
+        raise disk_error(partial, exc) from None
     finally:
         if partial.exists():
             partial.unlink()
@@ -161,7 +157,7 @@ def finish_archive(files_part: Path, files_part_size: int, tar_written: int, dum
     except OSError as exc:
         if files_part.exists():
             os.truncate(files_part, files_part_size)
-        raise _disk_error(archive, exc) from None
+        raise disk_error(archive, exc) from None
     return sink.digest.hexdigest(), sink.written
 
 
@@ -191,4 +187,4 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
     except OSError as exc:
         if partial.exists():
             partial.unlink()
-        raise _disk_error(path, exc) from None
+        raise disk_error(path, exc) from None

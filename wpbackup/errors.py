@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class BackupError(Exception):
     """A step failed for a reason the operator can act on (the message says which)."""
@@ -13,3 +15,9 @@ class ConfigError(Exception):
     def __init__(self, problems: list[str]):
         self.problems = list(problems)
         super().__init__("\n".join(self.problems))
+
+
+def disk_error(path: Path, exc: OSError) -> BackupError:
+    """A write failure, saying plainly when the disk is full."""
+    full = " (disk full)" if exc.errno in (28, 122) else ""  # ENOSPC, EDQUOT
+    return BackupError(f"cannot write {path}: {exc.strerror}{full}")

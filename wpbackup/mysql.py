@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .children import spawn, tracked
-from .errors import BackupError
+from .errors import BackupError, disk_error
 from .sites import DbSettings
 
 DUMP_TRAILER = b"-- Dump completed"
@@ -161,6 +161,15 @@ def dump_arguments(binary: str, options: str, db: DbSettings, tables: list[str])
     return argv + ["--", db.name] + tables
 
 
+def _drain(stream, keep: list[bytes]) -> None:
+    """Read a child's stderr to the end (so it never blocks), keeping the first 64 KiB."""
+    kept = 0
+    while chunk := stream.read(8192):
+        if kept < 1 << 16:
+            keep.append(chunk)
+            kept += len(chunk)
+
+
 @dataclass
 class DumpResult:
     sha256: str
@@ -191,7 +200,7 @@ def dump_database(db: DbSettings, target: Path, progress: Callable[[int], None] 
             with os.fdopen(fd, "wb") as out, tracked(spawn(
                 argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE
             )) as proc:
-                reader = threading.Thread(target=lambda: errors.append(proc.stderr.read(1 << 16)), daemon=True)
+                reader = threading.Thread(target=_drain, args=(proc.stderr, errors), daemon=True)
                 reader.start()
                 while chunk := proc.stdout.read(CHUNK):
                     out.write(chunk)
@@ -212,7 +221,7 @@ def dump_database(db: DbSettings, target: Path, progress: Callable[[int], None] 
                 )
             os.replace(partial, target)
         except OSError as exc:
-            raise BackupError(f"cannot write {partial}: {exc.strerror}") from None
+            raise disk_error(partial, exc) from None
         finally:
             if partial.exists():
                 partial.unlink()
