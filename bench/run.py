@@ -119,6 +119,9 @@ LABELS: list[str] = []
 
 
 def main() -> None:
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="200M")
     parser.add_argument("--repeat", type=int, default=2)

@@ -75,7 +75,6 @@ def write_files(root: Path, files_bytes: int, seed: int = 7) -> tuple[int, int]:
     code_budget = files_bytes * 15 // 100
     upload_budget = files_bytes - code_budget
     count = written = 0
-    block = os.urandom(1 << 20)
     done = 0
     while done < code_budget:
         kind = rng.choice(["themes", "plugins"])
@@ -95,12 +94,10 @@ def write_files(root: Path, files_bytes: int, seed: int = 7) -> tuple[int, int]:
         size = min(size, upload_budget - done)
         with open(folder / f"image-{count}.jpg", "wb") as handle:
             left = size
-            offset = rng.randint(0, 1000)
-            while left:
-                piece = block[offset:offset + min(left, len(block) - offset)]
+            while left:  # fresh random bytes: uploads are already-compressed media
+                piece = os.urandom(min(left, 1 << 20))
                 handle.write(piece)
                 left -= len(piece)
-                offset = 0
         done += size
         count += 1
     written += done

@@ -73,3 +73,37 @@ def test_backup_to_s3_is_complete_and_restorable(install, wordpress, mariadb, s3
     assert wordpress.db_password.encode() not in install.db_path.read_bytes()
     assert b"testing-secret-key-123" not in install.db_path.read_bytes()
     assert "testing-secret-key-123" not in output
+
+
+def test_dump_keeps_routines_triggers_and_only_the_site_prefix(install, wordpress, mariadb, tmp_path):
+    from .conftest import make_site
+
+    definer = f"'{wordpress.db_user}'@'127.0.0.1'"
+    mariadb.sql(f"CREATE DATABASE shared; GRANT ALL ON shared.* TO '{wordpress.db_user}'@'127.0.0.1'")
+    mariadb.sql("CREATE TABLE wp_items (id INT PRIMARY KEY, name VARCHAR(50)); "
+                "CREATE TABLE wp_audit (id INT); "
+                "CREATE TABLE other_site_posts (id INT); "
+                "INSERT INTO wp_items VALUES (1, 'één 😀'), (2, 'two'); "
+                f"CREATE DEFINER={definer} TRIGGER wp_items_audit AFTER INSERT ON wp_items "
+                "FOR EACH ROW INSERT INTO wp_audit VALUES (NEW.id); "
+                f"CREATE DEFINER={definer} PROCEDURE wp_count() SELECT COUNT(*) FROM wp_items;", database="shared")
+    root = make_site(tmp_path, wordpress)
+    wordpress.write_config("shared", root)
+    install.sites.append({"name": "shared", "path": str(root)})
+    result = install.doit("backup")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "tables without prefix 'wp_' not dumped: other_site_posts" in result.stderr
+    [archive] = install.archives()
+    out = tmp_path / "x"
+    out.mkdir()
+    subprocess.run(["tar", "--zstd", "-xf", str(archive), "database.sql", "manifest.json"], cwd=out, check=True)
+    sql = (out / "database.sql").read_text()
+    assert "CREATE TABLE `wp_items`" in sql and "other_site_posts" not in sql
+    assert "TRIGGER" in sql and "wp_count" in sql
+    assert json.loads((out / "manifest.json").read_text())["database"]["tables"] == {
+        "wp_audit": 0, "wp_items": 2}
+    mariadb.sql(f"CREATE DATABASE shared_copy; GRANT ALL ON shared_copy.* TO '{wordpress.db_user}'@'127.0.0.1'")
+    mariadb.load("shared_copy", out / "database.sql")
+    assert mariadb.sql("SELECT name FROM wp_items ORDER BY id", database="shared_copy").split("\n")[0] == "één 😀"
+    mariadb.sql("INSERT INTO wp_items VALUES (3, 'three'); CALL wp_count();", database="shared_copy")
+    assert mariadb.sql("SELECT COUNT(*) FROM wp_audit", database="shared_copy").strip() == "1"

@@ -88,7 +88,7 @@ def explain(stderr: str, db: DbSettings, action: str) -> BackupError:
         hint = f"database server unreachable at {where(db)}"
     elif re.search(r"\b1049\b|Unknown database", text):
         hint = f"database '{db.name}' does not exist on {where(db)}"
-    elif re.search(r"\b1044\b|\b1142\b|\b1227\b", text):
+    elif re.search(r"\b1044\b|\b1142\b|\b1227\b|insufficient privileges", text):
         hint = f"user '{db.user}' lacks a privilege needed to {action}"
     else:
         hint = f"{action} failed"
