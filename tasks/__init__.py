@@ -20,7 +20,7 @@ DOIT_CONFIG = {
     "minversion": "0.36.0",
     "backend": "sqlite3",
     # read-only runs (status, ...) keep their own state file, so they never wait on a backup's
-    "dep_file": str(_state / (".doit.db" if CONTEXT.mutating else ".doit-readonly.db")),
+    "dep_file": str(_state / (".doit-readonly.db" if CONTEXT.readonly_run else ".doit.db")),
     "continue": True,
     "num_process": 2,
     "par_type": "thread",

@@ -35,7 +35,7 @@ def _stage_tasks(stage: str):
             "file_dep": [run.receipt_path(before) for before in AFTER.get(stage, ())],
             "targets": [run.receipt_path(stage)],
             "uptodate": [(stage_done, [site.name, stage])],
-            "verbosity": 1,
+            "io": {"capture": False},  # two tasks run at once: doit's capture would swap sys.stdout
         }
 
 

@@ -12,5 +12,5 @@ def task_sync():
         "actions": [sync_catalog],
         "task_dep": [f"catalog:{site.name}" for site in CONTEXT.enabled],
         "uptodate": [False],
-        "verbosity": 2,
+        "verbosity": 2, "io": {"capture": False},
     }

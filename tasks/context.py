@@ -26,12 +26,16 @@ DOIT_COMMANDS = {"list", "info", "forget", "clean", "ignore", "help", "strace", 
 MUTATING = re.compile(r"^(backup|dump|tar|compress|upload|catalog|sync)(:|$)")
 
 
+def doit_command(argv: list[str]) -> str:
+    """The doit command of this invocation ('run' when only task names are given)."""
+    words = [arg for arg in argv[1:] if not arg.startswith("-")]
+    return words[0] if words and words[0] in DOIT_COMMANDS else "run"
+
+
 def wants_lock(argv: list[str]) -> bool:
     """True when this doit invocation runs backup or sync tasks (which must not overlap)."""
     words = [arg for arg in argv[1:] if not arg.startswith("-")]
-    if words and words[0] in DOIT_COMMANDS:
-        return False
-    return any(MUTATING.match(word) for word in words)
+    return doit_command(argv) == "run" and any(MUTATING.match(word) for word in words)
 
 
 @dataclass
@@ -40,6 +44,7 @@ class Context:
     sites: list[Site]
     runs: dict[str, Run]
     mutating: bool
+    readonly_run: bool  # `doit status` and the like: their own doit state file
 
     @property
     def enabled(self) -> list[Site]:
@@ -91,7 +96,7 @@ def load(argv: list[str] | None = None) -> Context:
     now = datetime.now(UTC)
     plans = {site.name: runs.plan_run(settings.work_dir, site.name, now, settings.stale_run_hours)
              for site in sites if site.enabled}
-    return Context(settings, sites, plans, mutating)
+    return Context(settings, sites, plans, mutating, doit_command(argv) == "run" and not mutating)
 
 
 CONTEXT = load()

@@ -58,6 +58,10 @@ def test_local_only_mode_keeps_local_keep_archives_and_status_reports(install, w
     install.env["BACKUP_MAX_AGE_HOURS"] = "0.00001"
     stale = install.doit("status")
     assert stale.returncode != 0 and "STALE" in stale.stdout
+    install.sites[0]["enabled"] = False  # a retired site is no longer expected to back up
+    install.env["BACKUP_MAX_AGE_HOURS"] = "26"
+    retired = install.doit("status")
+    assert retired.returncode == 0 and " blog " not in retired.stdout
 
 
 def test_list_shows_every_stage_per_site(install, wordpress):
@@ -82,6 +86,8 @@ def test_list_shows_every_stage_per_site(install, wordpress):
     ({"sites": [{"name": "blog", "path": "/srv/x", "db": {"port": "1"}}]},
      "site 'blog': db: port: expected an integer"),
     ({"sites": [{"name": "blog", "path": "/srv/x", "files": "everything"}]}, "site 'blog': files: must be"),
+    ({"sites": [{"name": "blog", "path": "/srv/x", "db": {"password": 98765432}}]},
+     "site 'blog': db: password: expected a string, got a int"),
     ("{not json", "invalid JSON"),
 ])
 def test_bad_sites_json_stops_before_any_task(install, sites, expected):
@@ -91,7 +97,7 @@ def test_bad_sites_json_stops_before_any_task(install, sites, expected):
                             env=install.process_env(), cwd=install.root)
     assert result.returncode == 3
     assert expected in result.stderr and str(install.root / "sites.json") in result.stderr
-    assert "Traceback" not in _out(result)
+    assert "Traceback" not in _out(result) and "98765432" not in _out(result)
     assert not install.backup_dir.exists()
 
 
@@ -178,21 +184,30 @@ def test_second_backup_while_one_runs_exits_at_once(install, wordpress):
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="mounting a small tmpfs needs root")
-def test_disk_full_removes_partial_file_and_records_no_success(install, wordpress, tmp_path):
+@pytest.mark.parametrize("catalog_too", [False, True])
+def test_disk_full_removes_partial_file_and_records_no_success(install, wordpress, tmp_path, catalog_too):
     mount = tmp_path / "small"
     mount.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], check=True)
     try:
         install.env["BACKUP_DIR"] = str(mount / "backups")
+        if catalog_too:  # the catalog sits on the full disk too: the message must still come through
+            install.env["DB_PATH"] = str(mount / "backups.db")
         install.sites.append({"name": "big", "path": str(make_site(tmp_path, wordpress, big_mb=6))})
         result = install.doit("backup")
         assert result.returncode != 0
-        assert "disk full" in _out(result)
+        assert "disk full" in _out(result) and "Traceback" not in _out(result)
         leftovers = [p for p in (mount / "backups").rglob("*") if p.is_file() and p.stat().st_size > 100_000]
         assert leftovers == []
         assert not list((mount / "backups").glob("*.tar.zst"))
-        assert install.rows("SELECT * FROM backup_log WHERE status = 'SUCCESS'") == []
-        assert install.rows("SELECT * FROM backup_log WHERE status = 'ERROR'")
+        db = mount / "backups.db" if catalog_too else install.db_path
+        import sqlite3
+        from contextlib import closing
+
+        with closing(sqlite3.connect(db)) as conn:
+            assert conn.execute("SELECT COUNT(*) FROM backup_log WHERE status = 'SUCCESS'").fetchone()[0] == 0
+            if not catalog_too:
+                assert conn.execute("SELECT COUNT(*) FROM backup_log WHERE status = 'ERROR'").fetchone()[0] == 1
     finally:
         subprocess.run(["umount", str(mount)], check=True)
 
@@ -211,7 +226,7 @@ def test_secrets_stay_out_of_argv(install, wordpress, tmp_path):
     result = install.doit("backup", env={"PATH": f"{spy}:{os.environ['PATH']}"})
     assert result.returncode == 0, _out(result)
     recorded = log.read_text()
-    assert "--defaults-file=" in recorded and "\n600\n" in recorded
+    assert f"--defaults-file={install.backup_dir}/.work/blog/" in recorded and "\n600\n" in recorded
     assert wordpress.db_password not in recorded
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import zstandard
 
-from .errors import disk_error
+from .errors import BackupError, disk_error
 from .tarstream import CHUNK, TreeStats, bytes_member, end_of_archive, header, padding, write_file, write_tree
 
 # sha256 state of a files part written by this process, so compress need not read it again.
@@ -126,6 +126,8 @@ def finish_archive(files_part: Path, files_part_size: int, tar_written: int, dum
     the final name. Safe to repeat after a crash: the files part is cut back to its recorded
     size first, and the final name only appears once everything is on disk.
     """
+    if files_part.stat().st_size < files_part_size:
+        raise BackupError(f"{files_part} is shorter than its receipt says: the run's files part is damaged")
     try:
         os.truncate(files_part, files_part_size)
         digest = _resume_digest(files_part, files_part_size)

@@ -16,6 +16,8 @@ from contextlib import contextmanager
 
 _lock = threading.Lock()
 _running: set[subprocess.Popen] = set()
+#: Set when the process is asked to stop: long loops (upload parts) check it and give up.
+stopping = threading.Event()
 
 
 @contextmanager
@@ -43,6 +45,7 @@ def spawn(argv: list[str], **kwargs) -> subprocess.Popen:
 
 def terminate_all() -> None:
     """Stop every tracked child and its process group (SIGTERM handler, exit)."""
+    stopping.set()
     with _lock:
         procs = list(_running)
     for proc in procs:

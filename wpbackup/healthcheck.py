@@ -6,6 +6,8 @@ one. A ping that cannot be delivered is logged and never fails the backup.
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 import requests
 
 from .console import log
@@ -20,5 +22,6 @@ def ping(url: str | None, event: str = "", body: str = "") -> bool:
         requests.post(target, data=body.encode()[:10_000], timeout=10).raise_for_status()
         return True
     except requests.RequestException as exc:
-        log.warning("healthcheck ping to %s failed: %s", target.split("?")[0], type(exc).__name__)
+        host = urlsplit(target).netloc.rsplit("@", 1)[-1]  # the path is the check's secret
+        log.warning("healthcheck ping to %s failed: %s", host, type(exc).__name__)
         return False

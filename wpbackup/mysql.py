@@ -9,6 +9,7 @@ or the environment. Errors are turned into one line an operator can act on.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -50,8 +51,9 @@ def _option_value(value: str) -> str:
 
 
 @contextmanager
-def option_file(db: DbSettings) -> Iterator[str]:
-    """A 0600 [client] option file with the credentials; removed when the block ends."""
+def option_file(db: DbSettings, directory: Path | None = None) -> Iterator[str]:
+    """A 0600 [client] option file with the credentials, in ``directory`` (a 0700 folder of
+    ours, where a file left by a killed process is found and removed), deleted afterwards."""
     lines = ["[client]", f"user={_option_value(db.user)}", f"password={_option_value(db.password)}"]
     if db.host.socket:
         lines += [f"socket={_option_value(db.host.socket)}", "protocol=socket"]
@@ -60,7 +62,7 @@ def option_file(db: DbSettings) -> Iterator[str]:
         if db.host.port:
             lines += [f"port={db.host.port}", "protocol=tcp"]
     lines.append("default-character-set=utf8mb4")
-    fd, path = tempfile.mkstemp(prefix="wpbackup-", suffix=".cnf")
+    fd, path = tempfile.mkstemp(prefix="client-", suffix=".cnf", dir=directory)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write("\n".join(lines) + "\n")
@@ -191,9 +193,12 @@ def dump_database(db: DbSettings, target: Path, progress: Callable[[int], None] 
     digest = hashlib.sha256()
     size = 0
     tail = b""
-    with option_file(db) as options:
+    for stale in target.parent.glob("client-*.cnf"):  # left by a killed run
+        stale.unlink()
+    with option_file(db, target.parent) as options:
         info = inspect_tables(db, options)
-        argv = dump_arguments(binary, options, db, list(info.tables))
+        # the whole database when every table is the site's; else the site's tables by name
+        argv = dump_arguments(binary, options, db, list(info.tables) if info.skipped else [])
         errors: list[bytes] = []
         try:
             fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -221,6 +226,8 @@ def dump_database(db: DbSettings, target: Path, progress: Callable[[int], None] 
                 )
             os.replace(partial, target)
         except OSError as exc:
+            if exc.filename == binary or exc.errno == errno.E2BIG:
+                raise BackupError(f"cannot run {binary}: {exc.strerror}") from None
             raise disk_error(partial, exc) from None
         finally:
             if partial.exists():

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError, NoCredentialsError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
+from .children import stopping
 from .errors import BackupError
 
 MIB = 1 << 20
@@ -123,13 +124,42 @@ def abort_upload(client, bucket: str, key: str, upload_id: str) -> None:
             raise
 
 
-def abort_state(client, bucket: str, state_path: Path) -> bool:
-    """Abort the upload recorded in a state file (for an abandoned run); True if one was."""
-    state = _State(state_path)
-    if state.data.get("upload_id"):
-        abort_upload(client, bucket, state.data["key"], state.data["upload_id"])
-        return True
-    return False
+def recorded_upload(state_path: Path) -> tuple[str, str] | None:
+    """(key, UploadId) of the multipart upload a state file records, if any."""
+    data = _State(state_path).data
+    return (data["key"], data["upload_id"]) if data.get("upload_id") and data.get("key") else None
+
+
+def remember_abort(pending: Path, key: str, upload_id: str) -> None:
+    """Keep an upload that could not be aborted now, so a later run aborts it."""
+    try:
+        items = json.loads(pending.read_text())
+    except (OSError, ValueError):
+        items = []
+    if [key, upload_id] not in items:
+        items.append([key, upload_id])
+    tmp = pending.with_name(pending.name + ".tmp")
+    tmp.write_text(json.dumps(items))
+    os.replace(tmp, pending)
+
+
+def retry_aborts(client, bucket: str, pending: Path) -> int:
+    """Abort the uploads left pending by earlier runs; returns how many are still pending."""
+    try:
+        items = json.loads(pending.read_text())
+    except (OSError, ValueError):
+        return 0
+    left = []
+    for key, upload_id in items:
+        try:
+            abort_upload(client, bucket, key, upload_id)
+        except (ClientError, BotoCoreError):
+            left.append([key, upload_id])
+    if left:
+        pending.write_text(json.dumps(left))
+    else:
+        pending.unlink(missing_ok=True)
+    return len(left)
 
 
 def _server_parts(client, bucket: str, key: str, upload_id: str) -> dict[int, tuple[str, int]]:
@@ -235,7 +265,11 @@ def upload_archive(client, bucket: str, key: str, path: Path, sha256: str, metad
 
     fd = os.open(path, os.O_RDONLY)
 
+    failed = threading.Event()
+
     def send(number: int) -> None:
+        if failed.is_set() or stopping.is_set():
+            return
         length = min(part_size, size - (number - 1) * part_size)
         data = os.pread(fd, length, (number - 1) * part_size)
         md5 = _md5(data)
@@ -250,12 +284,19 @@ def upload_archive(client, bucket: str, key: str, path: Path, sha256: str, metad
         if progress:
             progress(length)
 
+    pool = ThreadPoolExecutor(max_workers=CONCURRENCY)
     try:
-        missing = [n for n in range(1, count + 1) if n not in done]
-        with ThreadPoolExecutor(max_workers=CONCURRENCY) as pool:
-            for future in [pool.submit(send, n) for n in missing]:
+        futures = [pool.submit(send, n) for n in range(1, count + 1) if n not in done]
+        for future in futures:
+            try:
                 future.result()
+            except BaseException:
+                failed.set()  # the parts still queued are not sent; the next run resumes
+                raise
+        if stopping.is_set():
+            raise BackupError("stopped by a signal; the next run resumes the upload")
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
         os.close(fd)
     parts = [{"PartNumber": n, "ETag": state.data["parts"][str(n)]} for n in range(1, count + 1)]
     response = client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id,

@@ -115,7 +115,9 @@ class Site:
         )
 
 
-def _check_keys(obj: dict, spec: dict, where: str, problems: list[str], nullable: bool = False) -> None:
+def _check_keys(obj: dict, spec: dict, where: str, problems: list[str], nullable: bool = False,
+                secret: bool = False) -> None:
+    """Unknown keys and wrong types; with ``secret`` the wrong value itself is never echoed."""
     for key, value in obj.items():
         if key not in spec:
             problems.append(f"{where}: {key}: unknown key (allowed: {', '.join(spec)})")
@@ -123,10 +125,11 @@ def _check_keys(obj: dict, spec: dict, where: str, problems: list[str], nullable
         expected = spec[key]
         if value is None and nullable:
             continue
+        shown = f"a {type(value).__name__}" if secret else json.dumps(value)
         if expected is int and (isinstance(value, bool) or not isinstance(value, int)):
-            problems.append(f"{where}: {key}: expected {_TYPE_NAMES[int]}, got {json.dumps(value)}")
+            problems.append(f"{where}: {key}: expected {_TYPE_NAMES[int]}, got {shown}")
         elif expected is not int and not isinstance(value, expected):
-            problems.append(f"{where}: {key}: expected {_TYPE_NAMES[expected]}, got {json.dumps(value)}")
+            problems.append(f"{where}: {key}: expected {_TYPE_NAMES[expected]}, got {shown}")
 
 
 def parse_sites(data: object, source: str) -> list[Site]:
@@ -173,7 +176,7 @@ def parse_sites(data: object, source: str) -> list[Site]:
                     )
         db = entry.get("db", {})
         if isinstance(db, dict):
-            _check_keys(db, _DB_KEYS, f"{where}: db", problems, nullable=True)
+            _check_keys(db, _DB_KEYS, f"{where}: db", problems, nullable=True, secret=True)
         if len(problems) == before:
             sites.append(Site(
                 name=name,

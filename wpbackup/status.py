@@ -10,8 +10,10 @@ from .settings import Settings
 from .sites import Site
 
 
-def _age_hours(timestamp: str, now: datetime) -> float:
-    moment = datetime.strptime(timestamp, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+def _age_hours(when: str, now: datetime) -> float:
+    """Age of a backup: from its run stamp (when the data was taken) or a catalog timestamp."""
+    fmt = "%Y%m%d-%H%M%S" if ":" not in when else "%Y-%m-%d %H:%M:%S"
+    moment = datetime.strptime(when, fmt).replace(tzinfo=UTC)
     return (now - moment).total_seconds() / 3600
 
 
@@ -19,17 +21,20 @@ def status_lines(settings: Settings, sites: list[Site], now: datetime | None = N
     """The status table and whether every site has a recent enough success."""
     now = now or datetime.now(UTC)
     last = catalog.last_successes(settings.db_path)
+    # AGE counts from the run's stamp: when the data was taken, not when the upload ended
     rows = [("SERVER", "SITE", "LAST SUCCESS (UTC)", "AGE", "SIZE", "STORED", "STATE")]
     healthy = True
     keys = [(settings.server_id, s.name) for s in sites if s.enabled]
-    keys += sorted(k for k in last if k not in keys)
+    # the fleet's other servers (their rows arrive through the D1 sync); this server's
+    # disabled or removed sites are not expected to back up any more
+    keys += sorted(k for k in last if k not in keys and k[0] != settings.server_id)
     for server, name in keys:
         row = last.get((server, name))
         if row is None:
             rows.append((server, name, "never", "-", "-", "-", "NO BACKUP"))
             healthy = False
             continue
-        age = _age_hours(row["timestamp"], now)
+        age = _age_hours(row["run_stamp"], now) if row["run_stamp"] else _age_hours(row["timestamp"], now)
         stored = []
         if row["s3_key"]:
             stored.append(f"s3://{row['s3_bucket']}/{row['s3_key']}")

@@ -25,7 +25,17 @@ from .console import Progress, human_bytes, log
 from .errors import BackupError
 from .mysql import dump_database
 from .runs import Run
-from .s3 import abort_state, describe, make_client, object_key, upload_archive
+from .s3 import (
+    abort_upload,
+    describe,
+    make_client,
+    object_key,
+    part_size_for,
+    recorded_upload,
+    remember_abort,
+    retry_aborts,
+    upload_archive,
+)
 from .settings import Settings
 from .sites import Site
 from .wpconfig import wordpress_version
@@ -39,15 +49,22 @@ def guarded(stage: str, settings: Settings, site: Site, run: Run, work: Callable
         return work()
     except BackupError as exc:
         message = f"{stage} failed: {exc}"
+        log.error("%s %s", site.name, message)
+        record_error(settings, site, run, message)
+        raise BackupError(message) from None
     except Exception as exc:  # unexpected: keep the traceback for doit, but log it first
-        catalog.log_event(settings.db_path, "ERROR", f"{stage} failed: {type(exc).__name__}: {exc}",
-                          site=site.name, server_id=settings.server_id, stamp=run.stamp)
-        log.error("%s %s: failed: %s: %s", site.name, stage, type(exc).__name__, exc)
+        log.error("%s %s failed: %s: %s", site.name, stage, type(exc).__name__, exc)
+        record_error(settings, site, run, f"{stage} failed: {type(exc).__name__}: {exc}")
         raise
-    catalog.log_event(settings.db_path, "ERROR", message, site=site.name,
-                      server_id=settings.server_id, stamp=run.stamp)
-    log.error("%s %s", site.name, message)
-    raise BackupError(message)
+
+
+def record_error(settings: Settings, site: Site, run: Run, message: str) -> None:
+    """ERROR line in the catalog; if even that fails (disk full), say so and go on."""
+    try:
+        catalog.log_event(settings.db_path, "ERROR", message, site=site.name,
+                          server_id=settings.server_id, stamp=run.stamp)
+    except Exception as exc:
+        log.error("%s: could not record the error in %s: %s", site.name, settings.db_path, exc)
 
 
 def prepare_backup_dir(settings: Settings) -> None:
@@ -83,18 +100,29 @@ def _start(settings: Settings, site: Site, run: Run) -> None:
 def cleanup_abandoned(settings: Settings, site: Site, run: Run) -> None:
     """Remove what an abandoned run left: its work folder and any multipart upload."""
     folder = run.site_dir / run.abandoned
-    state = folder / "upload-state.json"
-    if state.exists() and settings.s3_enabled:
+    upload = recorded_upload(folder / "upload-state.json")
+    if upload and settings.s3_enabled:
         try:
-            abort_state(make_client(settings), settings.s3_bucket, state)
-        except Exception as exc:  # cleanup must not block the new run
-            log.warning("%s: could not abort an old multipart upload: %s", site.name, exc)
+            abort_upload(make_client(settings), settings.s3_bucket, *upload)
+        except Exception as exc:  # cleanup must not block the new run; a later upload retries
+            remember_abort(pending_aborts(settings), *upload)
+            log.warning("%s: could not abort an old multipart upload (%s); will retry", site.name,
+                        type(exc).__name__)
     shutil.rmtree(folder, ignore_errors=True)
+    left = settings.backup_dir / archive.archive_name(site.name, run.abandoned)
+    if left.exists():
+        _info(settings, site, run, f"{left.name} of the abandoned run stays in {settings.backup_dir}; "
+                                   "it was never uploaded")
     message = (f"run {run.abandoned} was older than STALE_RUN_HOURS={settings.stale_run_hours:g} "
                f"and is abandoned; run {run.stamp} replaces it")
     catalog.log_event(settings.db_path, "INFO", message, site=site.name, server_id=settings.server_id,
                       stamp=run.stamp)
     log.info("%s: %s", site.name, message)
+
+
+def pending_aborts(settings: Settings) -> Path:
+    """Multipart uploads an abandoned run left that could not be aborted yet."""
+    return settings.work_dir / "pending-aborts.json"
 
 
 def _info(settings: Settings, site: Site, run: Run, message: str) -> None:
@@ -131,8 +159,9 @@ def dump_stage(settings: Settings, site: Site, run: Run) -> dict:
 def _skip_set(settings: Settings) -> set[tuple[int, int]]:
     """Our own files never go into an archive, even when they sit inside a site."""
     skip = set()
-    for path in (settings.backup_dir, settings.env_path, settings.db_path,
-                 settings.state_dir / ".doit.db"):
+    state = settings.state_dir
+    for path in (settings.backup_dir, settings.env_path, settings.sites_file, settings.db_path,
+                 state / ".env.legacy", state / ".doit.db", state / ".doit-readonly.db", state / ".wpbackup.lock"):
         try:
             st = path.stat()
         except OSError:
@@ -240,11 +269,12 @@ def upload_stage(settings: Settings, site: Site, run: Run) -> dict:
         progress = Progress(f"{site.name} upload", made["size"])
         try:
             client = make_client(settings)
+            retry_aborts(client, settings.s3_bucket, pending_aborts(settings))
             result = upload_archive(
                 client, settings.s3_bucket, key, path, made["sha256"],
                 {"site": site.name, "server-id": settings.server_id}, run.folder / "upload-state.json",
                 storage_class=settings.s3_storage_class,
-                part_size=settings.s3_part_size_mb * (1 << 20) or None, progress=progress.add)
+                part_size=part_size_for(made["size"], settings.s3_part_size_mb), progress=progress.add)
         except BackupError:
             raise
         except Exception as exc:
