@@ -23,7 +23,7 @@ from wpbackup.sites import Site, load_sites
 
 DOIT_COMMANDS = {"list", "info", "forget", "clean", "ignore", "help", "strace", "dumpdb",
                  "reset-dep", "tabcompletion", "auto"}
-MUTATING = re.compile(r"^(backup|dump|tar|compress|upload|catalog|sync)(:|$)")
+MUTATING = re.compile(r"^(backup|dump|tar|compress|upload|catalog|sync|restore|prune)(:|$)")
 
 
 def doit_command(argv: list[str]) -> str:

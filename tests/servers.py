@@ -155,10 +155,13 @@ class WordPress:
             host=f"127.0.0.1:{self.mariadb.port}", salts=salts))
 
     def read(self, root: Path | None = None) -> dict:
-        """What WordPress itself (php) shows: siteurl and post titles; {} when not installed."""
+        """What WordPress itself (php) shows: siteurl and post titles; {} when it cannot."""
         out = subprocess.run(["php", str(self.scripts / "read.php"), str(root or self.path)],
                              capture_output=True, text=True, timeout=60)
-        return json.loads(out.stdout) if out.stdout.strip() else {}
+        try:  # without its database WordPress prints an error page (or nothing)
+            return json.loads(out.stdout)
+        except ValueError:
+            return {}
 
 
 class MotoS3:

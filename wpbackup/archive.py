@@ -80,8 +80,9 @@ def write_files_part(root: Path, files: str, wp_config: Path, excludes: tuple[st
                 in_tree = files == "all" and wp_config.parent == root
                 if not in_tree:
                     write_file(out, wp_config, "wp-config.php", stats)
-                    stats.files -= 1  # the config is not one of the site's files
-                    stats.bytes -= wp_config.stat().st_size
+                    if files != "all":  # with `files: all` every regular file counts, the config too
+                        stats.files -= 1
+                        stats.bytes -= wp_config.stat().st_size
                 write_tree(out, root, "" if files == "all" else "wp-content", excludes, skip, stats, progress)
             os.fsync(fd)
         finally:

@@ -129,3 +129,19 @@ def uploaded_archives(path: Path, server_id: str, site: str) -> set[str]:
             (server_id, site),
         ).fetchall()
     return {row[0] for row in rows}
+
+
+def successes(path: Path, site: str) -> list[sqlite3.Row]:
+    """Every successful backup of a site across the fleet, newest first, with its S3 copy."""
+    if not path.exists():
+        return []
+    with closing(connect(path)) as conn:
+        return conn.execute(
+            "SELECT b.server_id, b.site_name, b.run_stamp, b.archive_name, b.archive_size, b.archive_sha256, "
+            "s.filename AS s3_key, s.s3_bucket, s.s3_endpoint, s.deleted_at "
+            "FROM backup_log b LEFT JOIN s3_archives s ON s.archive_name = b.archive_name "
+            "AND s.server_id = b.server_id AND s.deleted_at IS NULL "
+            "WHERE b.status = 'SUCCESS' AND b.site_name = ? AND b.archive_name IS NOT NULL "
+            "ORDER BY b.run_stamp DESC, b.id DESC",
+            (site,),
+        ).fetchall()

@@ -1,0 +1,156 @@
+"""`restore`, `verify`: bring a backup back, and prove that one could.
+
+    doit restore --site S [--archive NAME|latest] [--target DIR] [--database NAME]
+                 [--db-only | --files-only] [--force]
+    doit verify [--site S] [--all] [--remote] [--restore-test]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from doit.exceptions import TaskFailed
+
+from wpbackup import catalog
+from wpbackup.console import log
+from wpbackup.errors import BackupError
+from wpbackup.restore import Request, restore
+from wpbackup.s3 import make_client
+from wpbackup.verify import check_local, check_remote, restore_test
+
+from .context import CONTEXT
+
+
+def _site(name: str):
+    known = {site.name: site for site in CONTEXT.sites}
+    if not name:
+        raise BackupError(f"--site is required (one of: {', '.join(known) or 'no site configured'})")
+    if name not in known:
+        raise BackupError(f"no site {name!r} in {CONTEXT.settings.sites_file} (known: {', '.join(known)})")
+    return known[name]
+
+
+def _record(status: str, site: str | None, message: str) -> None:
+    try:
+        catalog.log_event(CONTEXT.settings.db_path, status, message, site=site,
+                          server_id=CONTEXT.settings.server_id)
+    except Exception as exc:  # the operator still sees the message
+        log.error("could not record in the catalog: %s", exc)
+
+
+def restore_action(site, archive, target, database, db_only, files_only, force):
+    """Restore one site's archive (files, database or both)."""
+    try:
+        chosen = _site(site)
+        if db_only and files_only:
+            raise BackupError("--db-only and --files-only exclude each other")
+        summary = restore(CONTEXT.settings, Request(
+            site=chosen, archive=archive or None, target=Path(target) if target else None,
+            database=database or None, files=not db_only, db=not files_only, force=force))
+    except BackupError as exc:
+        _record("ERROR", site or None, f"restore failed: {exc}")
+        log.error("restore failed: %s", exc)
+        return TaskFailed(f"restore failed: {exc}")
+    parts = []
+    if summary["target"]:
+        parts.append(f"{summary['files']} files into {summary['target']}")
+    if summary["database"]:
+        parts.append(f"database {summary['database']} ({summary['tables']} tables)")
+    message = (f"restored {summary['archive']} ({summary['size']}, from {summary['from']}): "
+               f"{' and '.join(parts)} in {summary['seconds']}s")
+    if summary["dropped_tables"]:
+        message += f"; dropped tables not in the backup: {', '.join(summary['dropped_tables'])}"
+    _record("INFO", chosen.name, message)
+    print(message)
+    return True
+
+
+def verify_action(site, all_, remote, restore_test_):
+    """Verify archives of every (or one) site; fail if any check fails."""
+    settings = CONTEXT.settings
+    try:
+        sites = [_site(site)] if site else CONTEXT.enabled
+    except BackupError as exc:
+        return TaskFailed(str(exc))
+    failures = 0
+    for chosen in sites:
+        rows = [r for r in catalog.successes(settings.db_path, chosen.name) if r["server_id"] == settings.server_id]
+        if not rows:
+            print(f"{chosen.name}: no successful backup in the catalog")
+            failures += 1
+            continue
+        for row in rows if all_ else rows[:1]:
+            checks = []
+            local = settings.backup_dir / row["archive_name"]
+            if local.exists():
+                checks.append(check_local(local, row["archive_sha256"]))
+            if remote:
+                if row["s3_key"] and settings.s3_enabled:
+                    checks.append(check_remote(make_client(settings), row["s3_bucket"] or settings.s3_bucket,
+                                               row["s3_key"], row["archive_sha256"]))
+                else:
+                    print(f"{chosen.name}: {row['archive_name']}: no S3 copy recorded")
+            if not checks:
+                print(f"{chosen.name}: {row['archive_name']}: no local copy (use --remote to check the S3 copy)")
+                continue
+            problems = [f"{c.where}: {p}" for c in checks for p in c.problems]
+            manifest = next((c.manifest for c in checks if c.manifest), None)
+            if restore_test_ and not problems and manifest and row is rows[0]:
+                found = restore_test(settings, chosen, row["archive_name"], manifest)
+                problems += [f"restore test: {p}" for p in found]
+            if problems:
+                failures += 1
+                message = f"verify failed: {row['archive_name']}: " + "; ".join(problems)
+                _record("ERROR", chosen.name, message)
+            else:
+                what = ", ".join(c.where.split(":")[0] for c in checks)
+                extra = ", restore test" if restore_test_ and row is rows[0] else ""
+                tables = len((manifest or {}).get("database", {}).get("tables", {}))
+                message = (f"verify OK: {row['archive_name']} ({what}: sha256, zstd+tar, manifest{extra}; "
+                           f"{checks[0].files} files, {tables} tables)")
+                _record("INFO", chosen.name, message)
+            print(f"{chosen.name}: {message}")
+    return TaskFailed(f"{failures} archive check(s) failed") if failures else True
+
+
+def _flag(name: str, help_text: str, long: str | None = None) -> dict:
+    return {"name": name, "long": long or name.replace("_", "-"), "type": bool, "default": False, "help": help_text}
+
+
+def _text(name: str, help_text: str, default: str = "") -> dict:
+    return {"name": name, "long": name, "type": str, "default": default, "help": help_text}
+
+
+def task_restore():
+    """Restore a site's backup from local disk or S3 (--site S; see `doit help restore`)."""
+    return {
+        "actions": [restore_action],
+        "params": [
+            _text("site", "site name from sites.json (required)"),
+            _text("archive", "archive file name, or 'latest'", "latest"),
+            _text("target", "folder to restore the files into (default: the site's path)"),
+            _text("database", "database to load the dump into (default: the site's own)"),
+            _flag("db_only", "restore only the database"),
+            _flag("files_only", "restore only the files"),
+            _flag("force", "replace a non-empty folder or database"),
+        ],
+        "uptodate": [False],
+        "verbosity": 2,
+        "io": {"capture": False},
+    }
+
+
+def task_verify():
+    """Check archives: checksum, readable zstd+tar, manifest (--remote, --restore-test)."""
+    return {
+        "actions": [verify_action],
+        "params": [
+            _text("site", "only this site"),
+            _flag("all_", "every archive in the catalog, not only the latest", "all"),
+            _flag("remote", "also stream and check the S3 copies"),
+            _flag("restore_test_", "restore the latest archive into a scratch database and folder", "restore-test"),
+        ],
+        "uptodate": [False],
+        "verbosity": 2,
+        "io": {"capture": False},
+    }

@@ -1,0 +1,297 @@
+"""Restoring a backup, without touching the live site until everything checked out:
+
+    catalog -> archive (local copy if intact, else downloaded from S3) -> sha256 checked
+      -> members extracted safely into a temporary folder beside the target
+         (absolute paths, '..', links leaving the target, devices: the restore stops)
+      -> database.sql loaded with the mariadb/mysql client into --database
+      -> the restored files swapped in; the old ones removed
+
+A failed or refused restore leaves the files as they were and removes its temporary folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from . import catalog
+from .console import Progress, human_bytes, log
+from .errors import BackupError, disk_error
+from .mysql import client_binary, explain, option_file, quote_identifier, run_query
+from .reader import CHUNK, open_members, sidecar_sha256
+from .s3 import make_client
+from .settings import Settings
+from .sites import DbSettings, Site
+
+DB_NAME_RE = re.compile(r"^[A-Za-z0-9_$-]{1,64}$")
+SANDBOX_PREFIX = b"/*M!999999\\- enable the sandbox mode"
+
+
+@dataclass
+class Source:
+    """One archive of the catalog and where its copies are."""
+
+    name: str
+    sha256: str | None
+    size: int | None
+    server_id: str
+    stamp: str | None
+    s3_key: str | None
+    s3_bucket: str | None
+
+
+def find_archive(settings: Settings, site: Site, name: str | None) -> Source:
+    """The archive named, or the newest successful one of the site (this server's first)."""
+    rows = catalog.successes(settings.db_path, site.name)
+    if name and name != "latest":
+        rows = [r for r in rows if r["archive_name"] == name]
+        if not rows:
+            raise BackupError(f"no successful backup named {name} for site {site.name} in {settings.db_path}")
+    elif not rows:
+        raise BackupError(f"no successful backup of site {site.name} in {settings.db_path}")
+    mine = [r for r in rows if r["server_id"] == settings.server_id]
+    row = (mine or rows)[0]
+    return Source(row["archive_name"], row["archive_sha256"], row["archive_size"], row["server_id"],
+                  row["run_stamp"], row["s3_key"], row["s3_bucket"])
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fetch(settings: Settings, source: Source, scratch: Path) -> tuple[Path, bool]:
+    """A local, checked copy of the archive: (path, downloaded). Local first when intact."""
+    local = settings.backup_dir / source.name
+    expected = source.sha256 or (sidecar_sha256(local) if local.exists() else None)
+    if local.exists():
+        if expected and _file_sha256(local) == expected:
+            return local, False
+        log.warning("local copy %s does not match its recorded sha256; trying S3", local)
+    if not (source.s3_key and settings.s3_enabled):
+        problem = "does not match its recorded sha256" if local.exists() else "is not on this disk"
+        raise BackupError(f"{source.name} {problem}, and no S3 copy is recorded: nothing was changed")
+    bucket = source.s3_bucket or settings.s3_bucket
+    partial = scratch / (source.name + ".part")
+    progress = Progress(f"download {source.name}", source.size)
+    digest = hashlib.sha256()
+    try:
+        body = make_client(settings).get_object(Bucket=bucket, Key=source.s3_key)["Body"]
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            for chunk in body.iter_chunks(CHUNK):
+                out.write(chunk)
+                digest.update(chunk)
+                progress.add(len(chunk))
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise disk_error(partial, exc) from None
+    except Exception as exc:
+        partial.unlink(missing_ok=True)
+        raise BackupError(f"cannot download s3://{bucket}/{source.s3_key}: {exc}") from None
+    if expected and digest.hexdigest() != expected:
+        partial.unlink()
+        raise BackupError(f"the S3 copy of {source.name} does not match its recorded sha256: nothing was changed")
+    path = partial.with_name(source.name)
+    os.replace(partial, path)
+    return path, True
+
+
+def _is_empty(folder: Path) -> bool:
+    return not folder.exists() or not any(folder.iterdir())
+
+
+def database_state(db: DbSettings) -> tuple[bool, int]:
+    """(exists, number of tables) of db.name, asked through information_schema."""
+    probe = replace(db, name="information_schema")
+    quoted = db.name.replace("'", "''")
+    rows = run_query(probe, f"SELECT COUNT(*) FROM SCHEMATA WHERE SCHEMA_NAME = '{quoted}'; "
+                            f"SELECT COUNT(*) FROM TABLES WHERE TABLE_SCHEMA = '{quoted}'")
+    return int(rows[0][0]) > 0, int(rows[1][0])
+
+
+def _safe_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
+    """tarfile's 'data' filter (no absolute paths, no '..', no links leaving the target, no
+    devices), keeping the archived owners when we run as root. Absolute names, which the
+    'data' filter would quietly make relative, are refused too: no archive of ours has one."""
+    if member.name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", member.name):
+        raise BackupError(f"refused archive member {member.name!r}: absolute path; nothing was changed")
+    try:
+        safe = tarfile.data_filter(member, dest)
+    except tarfile.FilterError as exc:
+        raise BackupError(f"refused archive member {member.name!r}: {exc}; nothing was changed") from None
+    if os.geteuid() == 0:
+        safe = safe.replace(uid=member.uid, gid=member.gid, uname=None, gname=None, deep=False)
+    return safe
+
+
+def extract(archive: Path, tmp: Path | None, dump_to: Path | None) -> tuple[dict, int]:
+    """Extract site members into ``tmp`` and database.sql to ``dump_to`` (either may be
+    None to skip it); every member is checked before it is written. Returns the manifest."""
+    manifest: dict = {}
+    files = 0
+    with open(archive, "rb") as raw:
+        _, tar = open_members(raw)
+        for member in tar:
+            if member.name == "manifest.json" and member.isfile():
+                manifest = json.loads(tar.extractfile(member).read(16 << 20))
+            elif member.name == "database.sql" and member.isfile():
+                if dump_to is not None:
+                    source = tar.extractfile(member)
+                    fd = os.open(dump_to, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                    with os.fdopen(fd, "wb") as out:
+                        shutil.copyfileobj(source, out, CHUNK)
+            elif tmp is not None:
+                tar.extract(member, tmp, numeric_owner=True, filter=_safe_filter)
+                files += member.isfile()
+            elif member.isfile() or member.issym() or member.islnk() or member.isdir():
+                _safe_filter(member, "/nonexistent-restore-root")  # refuse bad members even when skipped
+        tar.close()
+    if not manifest:
+        raise BackupError(f"{archive.name} has no manifest.json: not an archive of this tool")
+    return manifest, files
+
+
+def load_database(db: DbSettings, dump: Path, options_dir: Path) -> None:
+    """Load database.sql with the mariadb/mysql client (the MariaDB sandbox line stripped,
+    so older MariaDB and MySQL clients accept it too)."""
+    fd = os.open(dump, os.O_RDONLY)
+    try:
+        head = os.pread(fd, 256, 0)
+        if head.startswith(SANDBOX_PREFIX):
+            os.lseek(fd, head.index(b"\n") + 1, os.SEEK_SET)
+        with option_file(db, options_dir) as options:
+            argv = [client_binary(), f"--defaults-file={options}", "--batch", "--max-allowed-packet=1G", db.name]
+            result = subprocess.run(argv, stdin=fd, capture_output=True, text=True)
+    finally:
+        os.close(fd)
+    if result.returncode != 0:
+        raise explain(result.stderr, db, "load database.sql")
+
+
+def drop_tables_not_in(db: DbSettings, keep: set[str], options_dir: Path) -> list[str]:
+    """After a --force load: drop the site's (prefixed) tables that the backup did not have."""
+    with option_file(db, options_dir) as options:
+        rows = run_query(db, "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE()",
+                         options)
+        extra = [r[0] for r in rows if r[0].startswith(db.table_prefix) and r[0] not in keep]
+        if extra:
+            run_query(db, "SET FOREIGN_KEY_CHECKS=0; DROP TABLE " + ", ".join(quote_identifier(t) for t in extra),
+                      options)
+    return extra
+
+
+def swap_in(tmp: Path, target: Path, mode: str) -> None:
+    """Replace the live files by the restored ones (renames on one filesystem)."""
+    stamp = f"{os.getpid()}-{int(time.time())}"
+    if mode == "all":
+        old = target.with_name(f".{target.name}.old-{stamp}")
+        if target.exists():
+            os.rename(target, old)
+        os.rename(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    target.mkdir(parents=True, exist_ok=True)
+    live, restored = target / "wp-content", tmp / "wp-content"
+    if restored.exists():
+        old = target / f".wp-content.old-{stamp}"
+        if live.exists():
+            os.rename(live, old)
+        os.rename(restored, live)
+        shutil.rmtree(old, ignore_errors=True)
+    config = tmp / "wp-config.php"
+    if config.exists() and not (target / "wp-config.php").exists():
+        os.rename(config, target / "wp-config.php")
+    elif config.exists():
+        log.info("kept the existing %s (the archived one holds the old credentials)", target / "wp-config.php")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+@dataclass
+class Request:
+    site: Site
+    archive: str | None = None
+    target: Path | None = None
+    database: str | None = None
+    files: bool = True
+    db: bool = True
+    force: bool = False
+
+
+def restore(settings: Settings, request: Request) -> dict:
+    """Restore one archive of a site; returns a summary. Raises BackupError (nothing changed)
+    for every refusal: missing archive, bad checksum, unsafe member, non-empty target."""
+    started = time.monotonic()
+    site = request.site
+    source = find_archive(settings, site, request.archive)
+    target = (request.target or site.path).absolute()
+    live = target if site.files == "all" else target / "wp-content"
+    if request.files and not request.force and not _is_empty(live):
+        raise BackupError(f"{target} is not empty: add --force to replace its files "
+                          "(they stay untouched until the restore has succeeded)")
+    db = None
+    if request.db:
+        db = site.database()
+        if request.database:
+            if not DB_NAME_RE.match(request.database):
+                raise BackupError(f"--database {request.database!r}: use letters, digits, '_', '$' or '-'")
+            db = replace(db, name=request.database)
+        exists, tables = database_state(db)
+        if tables and not request.force:
+            raise BackupError(f"database {db.name} has {tables} tables: add --force to replace them")
+        if not exists:
+            run_query(replace(db, name="information_schema"),
+                      f"CREATE DATABASE {quote_identifier(db.name)} CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
+    scratch = settings.backup_dir / ".restore"
+    scratch.mkdir(parents=True, exist_ok=True, mode=0o700)
+    archive, downloaded = fetch(settings, source, scratch)
+    size = archive.stat().st_size
+    tmp = None
+    if request.files:  # beside the target: same filesystem, so the swap is a rename
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".{target.name}.restore-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(mode=0o700)
+    dump = scratch / f"database-{os.getpid()}.sql" if request.db else None
+    try:
+        manifest, files = extract(archive, tmp, dump)
+        mode = manifest.get("files", {}).get("mode", "wp-content")
+        dropped: list[str] = []
+        if db is not None and dump is not None:
+            load_database(db, dump, scratch)
+            if request.force:
+                dropped = drop_tables_not_in(db, set(manifest.get("database", {}).get("tables", {})), scratch)
+        if tmp is not None:
+            os.chmod(tmp, 0o755)
+            swap_in(tmp, target, mode)
+            tmp = None
+    except OSError as exc:
+        raise disk_error(Path(exc.filename or scratch), exc) from None
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if dump is not None:
+            dump.unlink(missing_ok=True)
+        if downloaded:
+            archive.unlink(missing_ok=True)
+    seconds = time.monotonic() - started
+    summary = {
+        "site": site.name, "archive": source.name, "from": "s3" if downloaded else "local",
+        "files": files if request.files else None, "target": str(target) if request.files else None,
+        "database": db.name if db else None, "tables": len(manifest.get("database", {}).get("tables", {})),
+        "dropped_tables": dropped, "seconds": round(seconds, 1),
+        "size": human_bytes(size),
+    }
+    return summary
+

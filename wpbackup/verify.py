@@ -1,0 +1,155 @@
+"""Checking archives without trusting them: sha256 against the catalog and the sidecar, the
+zstd stream and the tar read to the very end, and the manifest against what is really inside.
+
+    local file | S3 object (streamed, never stored) -> sha256 + zstd + tar -> manifest check
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import zstandard
+
+from .reader import CHUNK, is_site_file, open_members, sidecar_sha256
+
+
+@dataclass
+class ArchiveCheck:
+    """What one archive holds and what is wrong with it (nothing, when ``ok``)."""
+
+    name: str
+    where: str
+    problems: list[str] = field(default_factory=list)
+    sha256: str | None = None
+    files: int = 0
+    bytes: int = 0
+    manifest: dict | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def check_stream(raw: BinaryIO, name: str, where: str, expected_sha256: str | None) -> ArchiveCheck:
+    """Read an archive stream to its end and compare it with its manifest and checksum."""
+    check = ArchiveCheck(name, where)
+    db_digest = None
+    db_size = 0
+    try:
+        hashed, tar = open_members(raw)
+        members = []
+        for member in tar:
+            members.append(member)
+            if member.name == "database.sql" and member.isfile():
+                digest = hashlib.sha256()
+                source = tar.extractfile(member)
+                while chunk := source.read(CHUNK):
+                    digest.update(chunk)
+                    db_size += len(chunk)
+                db_digest = digest.hexdigest()
+            elif member.name == "manifest.json" and member.isfile():
+                check.manifest = json.loads(tar.extractfile(member).read(16 << 20))
+        tar.close()
+        hashed.drain()
+        check.sha256 = hashed.digest.hexdigest()
+    except (zstandard.ZstdError, tarfile.TarError, EOFError, OSError, ValueError) as exc:
+        check.problems.append(f"not a readable zstd/tar stream: {type(exc).__name__}: {exc}")
+        return check
+    if expected_sha256 and check.sha256 != expected_sha256:
+        check.problems.append(f"sha256 {check.sha256} differs from the recorded {expected_sha256}")
+    manifest = check.manifest
+    if manifest is None:
+        check.problems.append("manifest.json is missing")
+        return check
+    mode = manifest.get("files", {}).get("mode", "wp-content")
+    for member in members:
+        if is_site_file(member, mode):
+            check.files += 1
+            check.bytes += member.size
+    files = manifest.get("files", {})
+    if (files.get("count"), files.get("bytes")) != (check.files, check.bytes):
+        check.problems.append(f"manifest says {files.get('count')} files / {files.get('bytes')} bytes, "
+                              f"the archive holds {check.files} / {check.bytes}")
+    database = manifest.get("database", {})
+    if db_digest is None:
+        check.problems.append("database.sql is missing")
+    elif database.get("sha256") != db_digest or database.get("bytes", db_size) != db_size:
+        check.problems.append("database.sql does not match the sha256 in manifest.json")
+    if not any(m.name == "wp-config.php" for m in members):
+        check.problems.append("wp-config.php is missing")
+    return check
+
+
+def check_local(archive: Path, expected_sha256: str | None) -> ArchiveCheck:
+    """Check a local archive against the catalog's sha256 and its .sha256 sidecar."""
+    with open(archive, "rb") as raw:
+        check = check_stream(raw, archive.name, f"local:{archive}", expected_sha256)
+    sidecar = sidecar_sha256(archive)
+    if sidecar is None:
+        check.problems.append(f"{archive.name}.sha256 is missing")
+    elif check.sha256 and sidecar != check.sha256:
+        check.problems.append(f"sha256 differs from {archive.name}.sha256")
+    return check
+
+
+def check_remote(client, bucket: str, key: str, expected_sha256: str | None) -> ArchiveCheck:
+    """Stream the S3 copy through the same checks (nothing is written to disk)."""
+    name = key.rsplit("/", 1)[-1]
+    body = client.get_object(Bucket=bucket, Key=key)["Body"]
+    try:
+        return check_stream(body, name, f"s3://{bucket}/{key}", expected_sha256)
+    finally:
+        body.close()
+
+
+def restore_test(settings, site, archive_name: str, manifest: dict) -> list[str]:
+    """Restore an archive into a scratch database and folder, compare row counts and the file
+    count with its manifest, then drop both. Returns the problems found."""
+    import secrets
+    import shutil
+    import tempfile
+    from dataclasses import replace
+
+    from .errors import BackupError
+    from .mysql import quote_identifier, run_query
+    from .restore import Request, restore
+
+    scratch_db = f"wpbackup_verify_{secrets.token_hex(4)}"
+    folder = Path(tempfile.mkdtemp(prefix="wpbackup-verify-", dir=settings.backup_dir / ".work"))
+    problems: list[str] = []
+    db = replace(site.database(), name=scratch_db)
+    try:
+        restore(settings, Request(site=site, archive=archive_name, target=folder / "site",
+                                  database=scratch_db, force=True))
+        tables = manifest.get("database", {}).get("tables", {})
+        present = {row[0] for row in run_query(
+            db, "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE()")}
+        problems += [f"table {t}: missing from the restored database" for t in tables if t not in present]
+        counted_tables = [t for t, rows in tables.items() if t in present and rows is not None]
+        if counted_tables:
+            union = " UNION ALL ".join(f"SELECT '{t}', COUNT(*) FROM {quote_identifier(t)}" for t in counted_tables)
+            counted = {row[0]: int(row[1]) for row in run_query(db, union)}
+            for table in counted_tables:
+                if counted.get(table) != tables[table]:
+                    problems.append(f"table {table}: {counted.get(table)} rows restored, "
+                                    f"manifest says {tables[table]}")
+        root = folder / "site"
+        mode = manifest.get("files", {}).get("mode", "wp-content")
+        base = root if mode == "all" else root / "wp-content"
+        found = sum(1 for p in base.rglob("*") if p.is_file() and not p.is_symlink())
+        if found != manifest.get("files", {}).get("count"):
+            problems.append(f"{found} files restored, manifest says {manifest.get('files', {}).get('count')}")
+    except BackupError as exc:
+        problems.append(f"restore failed: {exc}")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        try:
+            run_query(replace(db, name="information_schema"), f"DROP DATABASE IF EXISTS {quote_identifier(scratch_db)}")
+        except BackupError as exc:
+            problems.append(f"could not drop the scratch database {scratch_db}: {exc}")
+    return problems
