@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import signal
 import sys
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -74,6 +75,18 @@ def fail(problems: list[str], settings: Settings | None, mutating: bool) -> None
     raise SystemExit(3)
 
 
+def _fresh_second(settings: Settings, sites: list[Site]) -> datetime:
+    """Now, but never the second of a run that already closed (its archive has that name):
+    back-to-back runs wait for the next second instead of reusing or faking a stamp."""
+    now = datetime.now(UTC)
+    closed = [state.get("stamp", "") for site in sites
+              if (state := runs.read_state(settings.work_dir / site.name)) and state.get("closed")]
+    if closed and max(closed) >= runs.make_stamp(now):
+        time.sleep(1.05 - now.microsecond / 1e6)
+        now = datetime.now(UTC)
+    return now
+
+
 def load(argv: list[str] | None = None) -> Context:
     """Settings, sites, lock and run plans for this invocation (exits 3 on config errors)."""
     argv = sys.argv if argv is None else argv
@@ -93,7 +106,7 @@ def load(argv: list[str] | None = None) -> Context:
             raise SystemExit(4) from None
         signal.signal(signal.SIGTERM, _on_sigterm)
         signal.signal(signal.SIGHUP, _on_sigterm)
-    now = datetime.now(UTC)
+    now = _fresh_second(settings, sites) if mutating else datetime.now(UTC)
     plans = {site.name: runs.plan_run(settings.work_dir, site.name, now, settings.stale_run_hours)
              for site in sites if site.enabled}
     return Context(settings, sites, plans, mutating, doit_command(argv) == "run" and not mutating)
