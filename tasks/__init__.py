@@ -11,6 +11,7 @@ from __future__ import annotations
 from .backup import task_backup, task_catalog, task_compress, task_dump, task_tar, task_upload
 from .catalog_sync import task_sync
 from .context import CONTEXT
+from .prune import task_prune
 from .reporter import SummaryReporter
 from .restore import task_restore, task_verify
 from .status import task_status
@@ -32,5 +33,5 @@ DOIT_CONFIG = {
 
 __all__ = [
     "DOIT_CONFIG", "task_backup", "task_catalog", "task_compress", "task_dump", "task_status",
-    "task_sync", "task_tar", "task_upload", "task_restore", "task_verify",
+    "task_sync", "task_tar", "task_upload", "task_restore", "task_verify", "task_prune",
 ]

@@ -58,6 +58,9 @@ class Settings:
     s3_secret_access_key: str | None = field(default=None, repr=False)
     s3_prefix: str | None = None
     s3_storage_class: str | None = None
+    keep_daily: int = 7
+    keep_weekly: int = 4
+    keep_monthly: int = 6
     s3_max_attempts: int = 5
     s3_part_size_mb: int = 0
     d1_account_id: str | None = None
@@ -156,6 +159,9 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         s3_secret_access_key=text("S3_SECRET_ACCESS_KEY"),
         s3_prefix=prefix.strip("/") if prefix else None,
         s3_storage_class=text("S3_STORAGE_CLASS"),
+        keep_daily=number("KEEP_DAILY", 7),
+        keep_weekly=number("KEEP_WEEKLY", 4),
+        keep_monthly=number("KEEP_MONTHLY", 6),
         s3_max_attempts=number("S3_MAX_ATTEMPTS", 5, minimum=1),
         s3_part_size_mb=number("S3_PART_SIZE_MB", 0),
         d1_account_id=text("D1_ACCOUNT_ID"),

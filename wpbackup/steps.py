@@ -14,6 +14,7 @@ catalog as ERROR and raised as BackupError, with a message meant for the operato
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import threading
 from collections.abc import Callable
@@ -293,19 +294,27 @@ def upload_stage(settings: Settings, site: Site, run: Run) -> dict:
     return guarded("upload", settings, site, run, work)
 
 
-def apply_local_keep(settings: Settings, site: Site, current: str) -> list[str]:
-    """Keep the newest LOCAL_KEEP archives of the site; delete older ones only when they have
-    a verified S3 copy (or in local-only mode, where LOCAL_KEEP is the retention)."""
-    names = sorted(p.name for p in settings.backup_dir.glob(f"{site.name}-backup-*.tar.zst")
-                   if p.name.startswith(f"{site.name}-backup-") and len(p.name) == len(current))
-    uploaded = catalog.uploaded_archives(settings.db_path, settings.server_id, site.name)
-    removed = []
-    for name in names[:-settings.local_keep]:
-        if name == current or (settings.s3_enabled and name not in uploaded):
-            continue
+def local_excess(settings: Settings, site_name: str) -> list[str]:
+    """Local archives of a site beyond the newest LOCAL_KEEP that may go: those with a
+    verified S3 copy (in local-only mode, LOCAL_KEEP is the retention itself)."""
+    pattern = re.compile(re.escape(site_name) + r"-backup-\d{8}-\d{6}\.tar\.zst")
+    names = sorted(p.name for p in settings.backup_dir.glob(f"{site_name}-backup-*.tar.zst")
+                   if pattern.fullmatch(p.name))
+    uploaded = catalog.uploaded_archives(settings.db_path, settings.server_id, site_name)
+    return [name for name in names[:-settings.local_keep]
+            if not settings.s3_enabled or name in uploaded]
+
+
+def remove_local(settings: Settings, names: list[str]) -> None:
+    for name in names:
         for path in (settings.backup_dir / name, settings.backup_dir / f"{name}.sha256"):
             path.unlink(missing_ok=True)
-        removed.append(name)
+
+
+def apply_local_keep(settings: Settings, site: Site, current: str) -> list[str]:
+    """Apply LOCAL_KEEP after a verified backup (never removing ``current``)."""
+    removed = [name for name in local_excess(settings, site.name) if name != current]
+    remove_local(settings, removed)
     return removed
 
 

@@ -1,0 +1,92 @@
+"""Retention: GFS on S3 over a synthetic calendar, LOCAL_KEEP locally, other servers untouched."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+from wpbackup import catalog
+from wpbackup.retention import keep_reasons
+
+END = date(2026, 11, 25)  # a Wednesday
+EXPECTED = {  # KEEP_DAILY=7, KEEP_WEEKLY=4, KEEP_MONTHLY=6, worked out by hand
+    "2026-11-25", "2026-11-24", "2026-11-23", "2026-11-22", "2026-11-21", "2026-11-20", "2026-11-19",  # daily
+    "2026-11-15", "2026-11-08",  # newest of the 3rd and 4th ISO week (22nd is already kept)
+    "2026-10-31", "2026-09-30", "2026-08-31", "2026-07-31", "2026-06-30",  # newest of months 2-6
+}
+
+
+def _stamp(day: date) -> str:
+    return day.strftime("%Y%m%d") + "-030000"
+
+
+def test_gfs_rule_matches_the_hand_worked_calendar():
+    stamps = [_stamp(END - timedelta(days=n)) for n in range(400)]
+    kept = keep_reasons(stamps, 7, 4, 6)
+    assert {f"{s[:4]}-{s[4:6]}-{s[6:8]}" for s in kept} == EXPECTED
+    assert kept[_stamp(END)][0] == "newest"
+    assert keep_reasons(stamps[-1:], 0, 0, 0) == {stamps[-1]: ["newest"]}  # never the last one
+
+
+def test_prune_over_400_days_two_sites_two_servers(install, s3):
+    install.use_s3(s3)
+    install.env.update(KEEP_DAILY="7", KEEP_WEEKLY="4", KEEP_MONTHLY="6")
+    install.sites = []
+    install.write()
+    for server in ("web-1", "web-2"):
+        for site in ("blog", "shop"):
+            for n in range(400):
+                stamp = _stamp(END - timedelta(days=n))
+                name = f"{site}-backup-{stamp}.tar.zst"
+                key = f"{server}/{stamp[:4]}/{stamp[4:6]}/{stamp[6:8]}/{name}"
+                s3.s3.put_object(Bucket=s3.bucket, Key=key, Body=b"x")
+                catalog.record_upload(install.db_path, key=key, endpoint=s3.url, bucket=s3.bucket, size=1,
+                                      sha256="0" * 64, site=site, server_id=server, stamp=stamp,
+                                      archive_name=name, uploaded_at="2026-11-25 04:00:00")
+    stray = "web-1/2026/11/25/handmade-upload.tar.zst"
+    s3.s3.put_object(Bucket=s3.bucket, Key=stray, Body=b"x")
+
+    def keys() -> set[str]:
+        pages = s3.s3.get_paginator("list_objects_v2").paginate(Bucket=s3.bucket)
+        return {o["Key"] for page in pages for o in page.get("Contents", [])}
+
+    before = keys()
+    dry = install.doit("prune", "--dry-run")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert "blog: S3 keep 14, would delete 386" in dry.stdout
+    assert f"not in the catalog, left alone: s3://{s3.bucket}/{stray}" in dry.stdout
+    assert "(newest, daily 1, weekly 1, monthly 1)" in dry.stdout
+    assert keys() == before
+    assert install.rows("SELECT * FROM s3_archives WHERE deleted_at IS NOT NULL") == []
+
+    result = install.doit("prune")
+    assert result.returncode == 0, result.stdout + result.stderr
+    after = keys()
+    for site in ("blog", "shop"):
+        survivors = {k.rsplit("-backup-", 1)[1][:8] for k in after if k.startswith("web-1/") and f"/{site}-" in k}
+        assert survivors == {d.replace("-", "") for d in EXPECTED}
+        assert sum(1 for k in after if k.startswith("web-2/") and f"/{site}-" in k) == 400
+    assert stray in after
+    deleted = install.rows("SELECT server_id, COUNT(*) AS n FROM s3_archives WHERE deleted_at IS NOT NULL "
+                           "GROUP BY server_id")
+    assert [(r["server_id"], r["n"]) for r in deleted] == [("web-1", 2 * 386)]
+    assert len(install.rows("SELECT * FROM backup_log WHERE details LIKE 'prune: deleted 386 %'")) == 2
+    again = install.doit("prune")
+    assert again.returncode == 0 and "blog: S3 keep 14, deleting 0" in again.stdout
+
+
+def test_local_keep_applies_only_to_archives_with_a_verified_s3_copy(install, s3):
+    install.use_s3(s3)
+    install.env["LOCAL_KEEP"] = "1"
+    install.write()
+    install.backup_dir.mkdir()
+    names = [f"blog-backup-2026110{d}-030000.tar.zst" for d in range(1, 5)]
+    for name in names:
+        (install.backup_dir / name).write_bytes(b"x")
+    for name in names[:2]:  # only the two oldest were uploaded and verified
+        stamp = name[12:27]
+        catalog.record_upload(install.db_path, key=f"web-1/x/{name}", endpoint=None, bucket=s3.bucket, size=1,
+                              sha256="0" * 64, site="blog", server_id="web-1", stamp=stamp, archive_name=name,
+                              uploaded_at="2026-11-05 00:00:00")
+    result = install.doit("prune")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sorted(p.name for p in install.backup_dir.glob("*.tar.zst")) == names[2:]
