@@ -1,11 +1,14 @@
 """Backup benchmark: one command, ratios against baselines measured in the same run.
 
-    python bench/run.py --sizes 200M,1G [--repeat 2] [--s3]
+    python bench/run.py --sizes 200M,1G [--repeat 2] [--s3] [--restore]
 
 For each size it generates a site (bench/sitegen.py) on a throwaway MariaDB, then alternates:
   ours   `doit backup` (local-only, or to moto S3 with --s3), peak RSS of the whole process tree
   shell  `mariadb-dump | zstd -T0 -3 > db.sql.zst; tar -cf - wp-content | zstd -T0 -3 > files.tar.zst`
 and prints medians: wall time, peak RSS, archive size, and ours/shell ratios.
+With --restore it then alternates restores of the newest archive into a fresh folder and database:
+  ours   `doit restore --site site --target DIR --database DB --force` (checksum, safe extraction)
+  shell  `zstd -dc ARCHIVE | tar -x -C DIR; mariadb DB < DIR/database.sql`
 """
 
 from __future__ import annotations
@@ -110,12 +113,31 @@ def run_size(label: str, size: int, repeat: int, use_s3: bool, mariadb: MariaDB,
             shell.append((wall, rss, size_shell))
             print(f"[{label}] round {i + 1}: ours {ours[-1][0]:.2f}s {ours[-1][1] / 2**20:.0f} MiB, "
                   f"shell {wall:.2f}s", flush=True)
-        return {"label": label, "ours": ours, "shell": shell}
+        restores = []
+        for i in range(repeat if RESTORE else 0):
+            archive = max(install.glob("backups/*.tar.zst"))
+            ours_dir, shell_dir = base / f"r-ours-{i}", base / f"r-shell-{i}"
+            mariadb.sql(f"CREATE DATABASE r_ours_{label.lower()}_{i}; CREATE DATABASE r_shell_{label.lower()}_{i}")
+            wall_ours, rss_ours, _ = timed(
+                [sys.executable, "-m", "doit", "-f", str(HERE.parent / "dodo.py"), "restore", "--site", "site",
+                 "--target", str(ours_dir), "--database", f"r_ours_{label.lower()}_{i}", "--force"], env=env)
+            shell_dir.mkdir()
+            script = (f"set -o pipefail; zstd -dc {archive} | tar -x -C {shell_dir} && "
+                      f"mariadb --no-defaults -h127.0.0.1 -P{mariadb.port} -ubench -pbenchpass "
+                      f"r_shell_{label.lower()}_{i} < {shell_dir}/database.sql")
+            wall_shell, _, _ = timed(["bash", "-c", script])
+            restores.append((wall_ours, rss_ours, wall_shell))
+            shutil.rmtree(ours_dir, ignore_errors=True)
+            shutil.rmtree(shell_dir, ignore_errors=True)
+            print(f"[{label}] restore {i + 1}: ours {wall_ours:.2f}s {rss_ours / 2**20:.0f} MiB, "
+                  f"shell {wall_shell:.2f}s", flush=True)
+        return {"label": label, "ours": ours, "shell": shell, "restores": restores}
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
 
 LABELS: list[str] = []
+RESTORE = False
 
 
 def main() -> None:
@@ -126,7 +148,10 @@ def main() -> None:
     parser.add_argument("--sizes", default="200M")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--s3", action="store_true", help="upload to moto's S3 server (in this process)")
+    parser.add_argument("--restore", action="store_true", help="also time restores against zstd | tar + mariadb")
     args = parser.parse_args()
+    global RESTORE
+    RESTORE = args.restore
     LABELS.extend(s.strip() for s in args.sizes.split(","))
     mariadb = MariaDB()
     s3 = MotoS3() if args.s3 else None
@@ -146,6 +171,11 @@ def main() -> None:
         sw, _, ssz = (med(x[i] for x in row["shell"]) for i in range(3))
         print(f"{row['label']:>6} {ow:8.2f} {sw:8.2f} {ow / sw:6.2f} {orss / 2**20:13.0f} "
               f"{osz / 2**20:12.1f} {ssz / 2**20:10.1f} {osz / ssz:10.3f}")
+    if args.restore:
+        print(f"\n{'size':>6} {'restore s':>10} {'shell s':>8} {'ratio':>6} {'ours RSS MiB':>13}")
+        for row in rows:
+            ow, orss, sw = (med(x[i] for x in row["restores"]) for i in range(3))
+            print(f"{row['label']:>6} {ow:10.2f} {sw:8.2f} {ow / sw:6.2f} {orss / 2**20:13.0f}")
 
 
 if __name__ == "__main__":

@@ -209,3 +209,18 @@ def test_restore_test_passes_on_a_good_archive_and_fails_when_a_table_is_missing
     bad = install.doit("verify", "--restore-test")
     assert bad.returncode != 0  # ...but the restored database lacks a table
     assert "table wp_comments" in _out(bad)
+
+
+def test_damaged_local_copy_falls_back_to_the_intact_s3_copy(install, own_wordpress, s3, mariadb, tmp_path):
+    site = own_wordpress
+    _backup(install, site, s3)
+    [archive] = install.archives()
+    data = bytearray(archive.read_bytes())
+    data[100] ^= 0xFF
+    archive.write_bytes(bytes(data))
+    result = install.doit("restore", "--site", "blog", "--target", str(tmp_path / "copy"),
+                          "--database", f"{site.db_name}_alt")
+    assert result.returncode == 0, _out(result)
+    assert "from s3" in _out(result) and "trying the S3 copy" in _out(result)
+    rel = site.upload.relative_to(site.path)
+    assert (tmp_path / "copy" / rel).read_bytes() == site.upload.read_bytes()

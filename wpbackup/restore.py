@@ -18,9 +18,12 @@ import re
 import shutil
 import subprocess
 import tarfile
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+import zstandard
 
 from . import catalog
 from .console import Progress, human_bytes, log
@@ -33,6 +36,10 @@ from .sites import DbSettings, Site
 
 DB_NAME_RE = re.compile(r"^[A-Za-z0-9_$-]{1,64}$")
 SANDBOX_PREFIX = b"/*M!999999\\- enable the sandbox mode"
+
+
+class UnreadableArchive(BackupError):
+    """The archive's bytes are damaged (another copy may be fine)."""
 
 
 @dataclass
@@ -63,25 +70,11 @@ def find_archive(settings: Settings, site: Site, name: str | None) -> Source:
                   row["run_stamp"], row["s3_key"], row["s3_bucket"])
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def fetch(settings: Settings, source: Source, scratch: Path) -> tuple[Path, bool]:
-    """A local, checked copy of the archive: (path, downloaded). Local first when intact."""
-    local = settings.backup_dir / source.name
-    expected = source.sha256 or (sidecar_sha256(local) if local.exists() else None)
-    if local.exists():
-        if expected and _file_sha256(local) == expected:
-            return local, False
-        log.warning("local copy %s does not match its recorded sha256; trying S3", local)
+def download(settings: Settings, source: Source, scratch: Path) -> Path:
+    """Stream the S3 copy into the scratch folder, checking its sha256 on the way."""
     if not (source.s3_key and settings.s3_enabled):
-        problem = "does not match its recorded sha256" if local.exists() else "is not on this disk"
-        raise BackupError(f"{source.name} {problem}, and no S3 copy is recorded: nothing was changed")
+        raise BackupError(f"{source.name} has no usable local copy and no S3 copy is recorded: "
+                          "nothing was changed")
     bucket = source.s3_bucket or settings.s3_bucket
     partial = scratch / (source.name + ".part")
     progress = Progress(f"download {source.name}", source.size)
@@ -100,12 +93,12 @@ def fetch(settings: Settings, source: Source, scratch: Path) -> tuple[Path, bool
     except Exception as exc:
         partial.unlink(missing_ok=True)
         raise BackupError(f"cannot download s3://{bucket}/{source.s3_key}: {exc}") from None
-    if expected and digest.hexdigest() != expected:
+    if source.sha256 and digest.hexdigest() != source.sha256:
         partial.unlink()
         raise BackupError(f"the S3 copy of {source.name} does not match its recorded sha256: nothing was changed")
     path = partial.with_name(source.name)
     os.replace(partial, path)
-    return path, True
+    return path
 
 
 def _is_empty(folder: Path) -> bool:
@@ -136,31 +129,54 @@ def _safe_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
     return safe
 
 
-def extract(archive: Path, tmp: Path | None, dump_to: Path | None) -> tuple[dict, int]:
-    """Extract site members into ``tmp`` and database.sql to ``dump_to`` (either may be
-    None to skip it); every member is checked before it is written. Returns the manifest."""
+def scan(archive: Path, dest: str, dump_to: Path | None) -> tuple[str, dict]:
+    """Read the whole archive once: its sha256, every member checked as extraction would check
+    it (plus: nothing may go through a symbolic link), database.sql copied to ``dump_to``.
+    Returns (sha256, manifest). Raises BackupError on a refused member or a broken stream."""
     manifest: dict = {}
+    links: set[str] = set()
+    try:
+        with open(archive, "rb") as raw:
+            hashed, tar = open_members(raw)
+            for member in tar:
+                parts = member.name.split("/")
+                if any("/".join(parts[:n]) in links for n in range(1, len(parts))):
+                    raise BackupError(f"refused archive member {member.name!r}: it goes through a symbolic "
+                                      "link; nothing was changed")
+                _safe_filter(member, dest)
+                if member.issym():
+                    links.add(member.name.rstrip("/"))
+                if member.name == "manifest.json" and member.isfile():
+                    manifest = json.loads(tar.extractfile(member).read(16 << 20))
+                elif member.name == "database.sql" and member.isfile() and dump_to is not None:
+                    fd = os.open(dump_to, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                    with os.fdopen(fd, "wb") as out:
+                        shutil.copyfileobj(tar.extractfile(member), out, CHUNK)
+            tar.close()
+            hashed.drain()
+    except (zstandard.ZstdError, tarfile.TarError, EOFError, ValueError) as exc:
+        raise UnreadableArchive(f"{archive.name} is not a readable zstd/tar archive ({exc}): "
+                                "nothing was changed") from None
+    if not manifest:
+        raise BackupError(f"{archive.name} has no manifest.json: not an archive of this tool")
+    return hashed.digest.hexdigest(), manifest
+
+
+def extract_files(archive: Path, tmp: Path, stop: threading.Event) -> int:
+    """Extract the site's members into ``tmp`` (each checked by the 'data' filter); stops
+    early when ``stop`` is set. Returns the number of regular files written."""
     files = 0
     with open(archive, "rb") as raw:
         _, tar = open_members(raw)
         for member in tar:
-            if member.name == "manifest.json" and member.isfile():
-                manifest = json.loads(tar.extractfile(member).read(16 << 20))
-            elif member.name == "database.sql" and member.isfile():
-                if dump_to is not None:
-                    source = tar.extractfile(member)
-                    fd = os.open(dump_to, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                    with os.fdopen(fd, "wb") as out:
-                        shutil.copyfileobj(source, out, CHUNK)
-            elif tmp is not None:
-                tar.extract(member, tmp, numeric_owner=True, filter=_safe_filter)
-                files += member.isfile()
-            elif member.isfile() or member.issym() or member.islnk() or member.isdir():
-                _safe_filter(member, "/nonexistent-restore-root")  # refuse bad members even when skipped
+            if stop.is_set():
+                break
+            if member.name in ("manifest.json", "database.sql"):
+                continue
+            tar.extract(member, tmp, numeric_owner=True, filter=_safe_filter)
+            files += member.isfile()
         tar.close()
-    if not manifest:
-        raise BackupError(f"{archive.name} has no manifest.json: not an archive of this tool")
-    return manifest, files
+    return files
 
 
 def load_database(db: DbSettings, dump: Path, options_dir: Path) -> None:
@@ -230,8 +246,14 @@ class Request:
 
 
 def restore(settings: Settings, request: Request) -> dict:
-    """Restore one archive of a site; returns a summary. Raises BackupError (nothing changed)
-    for every refusal: missing archive, bad checksum, unsafe member, non-empty target."""
+    """Restore one archive of a site; returns a summary. Raises BackupError for every
+    refusal (missing archive, bad checksum, unsafe member, non-empty target), before the
+    live files or the database are touched.
+
+    Two readers run at once: one extracts the files into the temporary folder, the other
+    checks the checksum and every member and copies database.sql out; the database is
+    loaded as soon as the check passed, while the files are still being written.
+    """
     started = time.monotonic()
     site = request.site
     source = find_archive(settings, site, request.archive)
@@ -241,6 +263,7 @@ def restore(settings: Settings, request: Request) -> dict:
         raise BackupError(f"{target} is not empty: add --force to replace its files "
                           "(they stay untouched until the restore has succeeded)")
     db = None
+    exists = False
     if request.db:
         db = site.database()
         if request.database:
@@ -250,48 +273,88 @@ def restore(settings: Settings, request: Request) -> dict:
         exists, tables = database_state(db)
         if tables and not request.force:
             raise BackupError(f"database {db.name} has {tables} tables: add --force to replace them")
-        if not exists:
-            run_query(replace(db, name="information_schema"),
-                      f"CREATE DATABASE {quote_identifier(db.name)} CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
     scratch = settings.backup_dir / ".restore"
     scratch.mkdir(parents=True, exist_ok=True, mode=0o700)
-    archive, downloaded = fetch(settings, source, scratch)
-    size = archive.stat().st_size
+    local = settings.backup_dir / source.name
+    expected = source.sha256 or (sidecar_sha256(local) if local.exists() else None)
+    downloaded = not local.exists()
+    archive = download(settings, source, scratch) if downloaded else local
     tmp = None
-    if request.files:  # beside the target: same filesystem, so the swap is a rename
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.parent / f".{target.name}.restore-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(mode=0o700)
     dump = scratch / f"database-{os.getpid()}.sql" if request.db else None
+    stop = threading.Event()
+    extraction: dict = {}
+
+    def extract_in_background() -> None:
+        try:
+            extraction["files"] = extract_files(archive, tmp, stop)
+        except BaseException as exc:  # re-raised in the main thread
+            extraction["error"] = exc
+
+    worker = None
     try:
-        manifest, files = extract(archive, tmp, dump)
+        while True:
+            if request.files:  # beside the target: same filesystem, so the swap is a rename
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = target.parent / f".{target.name}.restore-{os.getpid()}"
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(mode=0o700)
+                worker = threading.Thread(target=extract_in_background, daemon=True)
+                worker.start()
+            try:
+                sha256, manifest = scan(archive, str(tmp or "/nonexistent-restore-root"), dump)
+                damaged = expected is not None and sha256 != expected
+            except UnreadableArchive:
+                damaged = True
+            except BackupError:
+                stop.set()
+                raise
+            if not damaged:
+                break
+            stop.set()
+            if worker:
+                worker.join()
+                shutil.rmtree(tmp, ignore_errors=True)
+                stop.clear()
+                extraction.clear()
+            if downloaded or not (source.s3_key and settings.s3_enabled):
+                raise BackupError(f"{source.name} does not match its recorded sha256 and no intact copy is "
+                                  "available: nothing was changed")
+            log.warning("local copy %s does not match its recorded sha256; trying the S3 copy", local)
+            archive, downloaded = download(settings, source, scratch), True
         mode = manifest.get("files", {}).get("mode", "wp-content")
         dropped: list[str] = []
         if db is not None and dump is not None:
+            if not exists:
+                run_query(replace(db, name="information_schema"), f"CREATE DATABASE {quote_identifier(db.name)} "
+                                                                  "CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
             load_database(db, dump, scratch)
             if request.force:
                 dropped = drop_tables_not_in(db, set(manifest.get("database", {}).get("tables", {})), scratch)
-        if tmp is not None:
+        if worker:
+            worker.join()
+            if "error" in extraction:
+                error = extraction["error"]
+                raise error if isinstance(error, BackupError) else BackupError(f"extraction failed: {error}")
             os.chmod(tmp, 0o755)
             swap_in(tmp, target, mode)
             tmp = None
     except OSError as exc:
         raise disk_error(Path(exc.filename or scratch), exc) from None
     finally:
+        stop.set()
+        if worker:
+            worker.join()
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
         if dump is not None:
             dump.unlink(missing_ok=True)
+        size = archive.stat().st_size if archive.exists() else 0
         if downloaded:
             archive.unlink(missing_ok=True)
-    seconds = time.monotonic() - started
-    summary = {
+    return {
         "site": site.name, "archive": source.name, "from": "s3" if downloaded else "local",
-        "files": files if request.files else None, "target": str(target) if request.files else None,
+        "files": extraction.get("files") if request.files else None,
+        "target": str(target) if request.files else None,
         "database": db.name if db else None, "tables": len(manifest.get("database", {}).get("tables", {})),
-        "dropped_tables": dropped, "seconds": round(seconds, 1),
-        "size": human_bytes(size),
+        "dropped_tables": dropped, "seconds": round(time.monotonic() - started, 1), "size": human_bytes(size),
     }
-    return summary
-
