@@ -1,10 +1,11 @@
 """Restoring a backup, without touching the live site until everything checked out:
 
-    catalog -> archive (local copy if intact, else downloaded from S3) -> sha256 checked
-      -> members extracted safely into a temporary folder beside the target
-         (absolute paths, '..', links leaving the target, devices: the restore stops)
-      -> database.sql loaded with the mariadb/mysql client into --database
-      -> the restored files swapped in; the old ones removed
+    catalog -> archive (local copy, or downloaded from S3 when missing or damaged)
+      -> at once: [scan]    sha256 + every member checked (absolute paths, '..', links leaving
+                            the target, devices: the restore stops) + database.sql set aside
+                  [extract] zstd -> GNU tar -> temporary folder beside the target
+      -> database.sql loaded with the mariadb/mysql client into --database (after the scan)
+      -> the restored files swapped in (after both); the old ones removed
 
 A failed or refused restore leaves the files as they were and removes its temporary folder.
 """
@@ -26,6 +27,7 @@ from pathlib import Path
 import zstandard
 
 from . import catalog
+from .children import spawn, tracked
 from .console import Progress, human_bytes, log
 from .errors import BackupError, disk_error
 from .mysql import client_binary, explain, option_file, quote_identifier, run_query
@@ -129,12 +131,14 @@ def _safe_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
     return safe
 
 
-def scan(archive: Path, dest: str, dump_to: Path | None) -> tuple[str, dict]:
+def scan(archive: Path, dest: str, dump_to: Path | None) -> tuple[str, dict, int]:
     """Read the whole archive once: its sha256, every member checked as extraction would check
     it (plus: nothing may go through a symbolic link), database.sql copied to ``dump_to``.
-    Returns (sha256, manifest). Raises BackupError on a refused member or a broken stream."""
+    Returns (sha256, manifest, number of site files). Raises BackupError on a refused member
+    or a broken stream."""
     manifest: dict = {}
     links: set[str] = set()
+    files = 0
     try:
         with open(archive, "rb") as raw:
             hashed, tar = open_members(raw)
@@ -146,6 +150,7 @@ def scan(archive: Path, dest: str, dump_to: Path | None) -> tuple[str, dict]:
                 _safe_filter(member, dest)
                 if member.issym():
                     links.add(member.name.rstrip("/"))
+                files += member.isfile() and member.name not in ("manifest.json", "database.sql")
                 if member.name == "manifest.json" and member.isfile():
                     manifest = json.loads(tar.extractfile(member).read(16 << 20))
                 elif member.name == "database.sql" and member.isfile() and dump_to is not None:
@@ -159,24 +164,47 @@ def scan(archive: Path, dest: str, dump_to: Path | None) -> tuple[str, dict]:
                                 "nothing was changed") from None
     if not manifest:
         raise BackupError(f"{archive.name} has no manifest.json: not an archive of this tool")
-    return hashed.digest.hexdigest(), manifest
+    return hashed.digest.hexdigest(), manifest, files
 
 
-def extract_files(archive: Path, tmp: Path, stop: threading.Event) -> int:
-    """Extract the site's members into ``tmp`` (each checked by the 'data' filter); stops
-    early when ``stop`` is set. Returns the number of regular files written."""
-    files = 0
-    with open(archive, "rb") as raw:
-        _, tar = open_members(raw)
-        for member in tar:
-            if stop.is_set():
-                break
-            if member.name in ("manifest.json", "database.sql"):
-                continue
-            tar.extract(member, tmp, numeric_owner=True, filter=_safe_filter)
-            files += member.isfile()
-        tar.close()
-    return files
+def extract_files(archive: Path, tmp: Path, stop: threading.Event) -> None:
+    """Extract the site's members into ``tmp`` with GNU tar, fed by our zstd decompression.
+
+    This runs while ``scan`` checks every member, so nothing here is trusted yet: GNU tar's
+    own defaults keep it inside ``tmp`` (it strips leading '/', skips names with '..', and
+    creates links that point out of the tree only as placeholders), and ``tmp`` is swapped in
+    only when the scan passed, else removed. Stops early when ``stop`` is set."""
+    argv = ["tar", "-x", "-f", "-", "-C", str(tmp), "--numeric-owner", "--delay-directory-restore",
+            "--anchored", "--exclude=database.sql", "--exclude=manifest.json"]
+    if os.geteuid() == 0:
+        argv += ["--same-owner", "--same-permissions"]
+    with open(archive, "rb") as raw, tracked(spawn(argv, stdin=subprocess.PIPE, stderr=subprocess.PIPE)) as proc:
+        errors: list[bytes] = []
+        drain = threading.Thread(target=lambda: errors.append(proc.stderr.read()), daemon=True)
+        drain.start()
+        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, read_size=CHUNK)
+        unreadable = None
+        try:
+            while not stop.is_set() and (chunk := reader.read(CHUNK)):
+                proc.stdin.write(chunk)
+        except BrokenPipeError:
+            pass  # tar stopped reading: its exit status says why
+        except zstandard.ZstdError as exc:
+            unreadable = exc
+        finally:
+            try:
+                proc.stdin.close()  # tar must see the end of its input, whatever happened
+            except BrokenPipeError:
+                pass
+        code = proc.wait()
+        drain.join(timeout=5)
+    if stop.is_set():
+        return
+    if unreadable is not None:
+        raise BackupError(f"{archive.name} is not a readable zstd stream ({unreadable})")
+    if code != 0:
+        message = b"".join(errors).decode("utf-8", "replace").strip().splitlines()
+        raise BackupError(f"tar could not extract the files: {message[-1] if message else code}")
 
 
 def load_database(db: DbSettings, dump: Path, options_dir: Path) -> None:
@@ -286,7 +314,7 @@ def restore(settings: Settings, request: Request) -> dict:
 
     def extract_in_background() -> None:
         try:
-            extraction["files"] = extract_files(archive, tmp, stop)
+            extract_files(archive, tmp, stop)
         except BaseException as exc:  # re-raised in the main thread
             extraction["error"] = exc
 
@@ -301,7 +329,7 @@ def restore(settings: Settings, request: Request) -> dict:
                 worker = threading.Thread(target=extract_in_background, daemon=True)
                 worker.start()
             try:
-                sha256, manifest = scan(archive, str(tmp or "/nonexistent-restore-root"), dump)
+                sha256, manifest, files = scan(archive, str(tmp or "/nonexistent-restore-root"), dump)
                 damaged = expected is not None and sha256 != expected
             except UnreadableArchive:
                 damaged = True
@@ -353,7 +381,7 @@ def restore(settings: Settings, request: Request) -> dict:
             archive.unlink(missing_ok=True)
     return {
         "site": site.name, "archive": source.name, "from": "s3" if downloaded else "local",
-        "files": extraction.get("files") if request.files else None,
+        "files": files if request.files else None,
         "target": str(target) if request.files else None,
         "database": db.name if db else None, "tables": len(manifest.get("database", {}).get("tables", {})),
         "dropped_tables": dropped, "seconds": round(time.monotonic() - started, 1), "size": human_bytes(size),
