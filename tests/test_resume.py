@@ -105,13 +105,19 @@ case "$1" in --version) exec {real} "$@";; esac
 """
 
 
-def test_kill_9_during_dump_leaves_no_final_file_and_resumes_same_run(install, wordpress, tmp_path):
+def _stalling_dump(tmp_path: Path) -> tuple[Path, Path]:
+    """A bin folder whose mariadb-dump stalls; the marker file appears once it started."""
     real = subprocess.run(["sh", "-c", "command -v mariadb-dump"], capture_output=True, text=True).stdout.strip()
     bindir = tmp_path / "bin"
     bindir.mkdir()
     marker = tmp_path / "dump-started"
     (bindir / "mariadb-dump").write_text(STALLING_DUMP.format(real=real, marker=marker))
     (bindir / "mariadb-dump").chmod(0o755)
+    return bindir, marker
+
+
+def test_kill_9_during_dump_leaves_no_final_file_and_resumes_same_run(install, wordpress, tmp_path):
+    bindir, marker = _stalling_dump(tmp_path)
     install.add_site("blog", wordpress)
     proc = install.start("backup", env={"PATH": f"{bindir}:{os.environ['PATH']}"})
     _wait(marker.exists, proc)
@@ -170,12 +176,7 @@ def test_kill_9_during_compression_never_leaves_a_final_named_partial(install, w
 
 
 def test_sigterm_saves_doit_state_and_stops_children(install, wordpress, tmp_path):
-    real = subprocess.run(["sh", "-c", "command -v mariadb-dump"], capture_output=True, text=True).stdout.strip()
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    marker = tmp_path / "dump-started"
-    (bindir / "mariadb-dump").write_text(STALLING_DUMP.format(real=real, marker=marker))
-    (bindir / "mariadb-dump").chmod(0o755)
+    bindir, marker = _stalling_dump(tmp_path)
     install.add_site("blog", wordpress)
     proc = install.start("backup", env={"PATH": f"{bindir}:{os.environ['PATH']}"})
     work = install.backup_dir / ".work" / "blog"
