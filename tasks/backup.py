@@ -11,6 +11,8 @@ folder; a stage whose receipt exists is up to date even when doit's own state wa
 
 from __future__ import annotations
 
+from wpbackup.steps import STAGES
+
 from .actions import run_stage, stage_done
 from .context import CONTEXT
 
@@ -22,6 +24,7 @@ DOCS = {
     "catalog": "Record the verified backup in backups.db, apply LOCAL_KEEP, close the run",
 }
 AFTER = {"compress": ("dump", "tar"), "upload": ("compress",), "catalog": ("upload",)}
+assert tuple(DOCS) == STAGES, "the graph and the steps must name the same stages"
 
 
 def _stage_tasks(stage: str):

@@ -6,10 +6,9 @@ from doit.reporter import ConsoleReporter
 
 from wpbackup.console import human_bytes
 from wpbackup.healthcheck import ping
+from wpbackup.steps import STAGES
 
 from .context import CONTEXT
-
-STAGES = ("dump", "tar", "compress", "upload", "catalog")
 
 
 class SummaryReporter(ConsoleReporter):
