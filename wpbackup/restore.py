@@ -131,40 +131,51 @@ def _safe_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
     return safe
 
 
-def scan(archive: Path, dest: str, dump_to: Path | None) -> tuple[str, dict, int]:
+def scan(archive: Path, dest: str, dump_to: Path | None, expected: str | None = None) -> tuple[str, dict, int]:
     """Read the whole archive once: its sha256, every member checked as extraction would check
     it (plus: nothing may go through a symbolic link), database.sql copied to ``dump_to``.
     Returns (sha256, manifest, number of site files). Raises BackupError on a refused member
     or a broken stream."""
     manifest: dict = {}
+    with open(archive, "rb") as raw:
+        hashed, tar = open_members(raw)
+        try:
+            files = _scan_members(tar, dest, dump_to, manifest)
+            if not manifest:
+                raise BackupError(f"{archive.name} has no manifest.json: not an archive of this tool")
+        except (zstandard.ZstdError, tarfile.TarError, EOFError, ValueError, BackupError) as exc:
+            hashed.drain()  # damaged bytes explain any error: say so, so another copy can be tried
+            if expected and hashed.digest.hexdigest() != expected:
+                raise UnreadableArchive(f"{archive.name} does not match its recorded sha256") from None
+            if isinstance(exc, BackupError):
+                raise
+            raise UnreadableArchive(f"{archive.name} is not a readable zstd/tar archive ({exc}): "
+                                    "nothing was changed") from None
+        hashed.drain()
+    return hashed.digest.hexdigest(), manifest, files
+
+
+def _scan_members(tar, dest: str, dump_to: Path | None, manifest: dict) -> int:
+    """Check every member, fill ``manifest``, copy database.sql out; the site file count."""
     links: set[str] = set()
     files = 0
-    try:
-        with open(archive, "rb") as raw:
-            hashed, tar = open_members(raw)
-            for member in tar:
-                parts = member.name.split("/")
-                if any("/".join(parts[:n]) in links for n in range(1, len(parts))):
-                    raise BackupError(f"refused archive member {member.name!r}: it goes through a symbolic "
-                                      "link; nothing was changed")
-                _safe_filter(member, dest)
-                if member.issym():
-                    links.add(member.name.rstrip("/"))
-                files += member.isfile() and member.name not in ("manifest.json", "database.sql")
-                if member.name == "manifest.json" and member.isfile():
-                    manifest = json.loads(tar.extractfile(member).read(16 << 20))
-                elif member.name == "database.sql" and member.isfile() and dump_to is not None:
-                    fd = os.open(dump_to, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                    with os.fdopen(fd, "wb") as out:
-                        shutil.copyfileobj(tar.extractfile(member), out, CHUNK)
-            tar.close()
-            hashed.drain()
-    except (zstandard.ZstdError, tarfile.TarError, EOFError, ValueError) as exc:
-        raise UnreadableArchive(f"{archive.name} is not a readable zstd/tar archive ({exc}): "
-                                "nothing was changed") from None
-    if not manifest:
-        raise BackupError(f"{archive.name} has no manifest.json: not an archive of this tool")
-    return hashed.digest.hexdigest(), manifest, files
+    for member in tar:
+        parts = member.name.split("/")
+        if any("/".join(parts[:n]) in links for n in range(1, len(parts))):
+            raise BackupError(f"refused archive member {member.name!r}: it goes through a symbolic "
+                              "link; nothing was changed")
+        _safe_filter(member, dest)
+        if member.issym():
+            links.add(member.name.rstrip("/"))
+        files += member.isfile() and member.name not in ("manifest.json", "database.sql")
+        if member.name == "manifest.json" and member.isfile():
+            manifest.update(json.loads(tar.extractfile(member).read(16 << 20)))
+        elif member.name == "database.sql" and member.isfile() and dump_to is not None:
+            fd = os.open(dump_to, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                shutil.copyfileobj(tar.extractfile(member), out, CHUNK)
+    tar.close()
+    return files
 
 
 def extract_files(archive: Path, tmp: Path, stop: threading.Event) -> None:
@@ -329,7 +340,7 @@ def restore(settings: Settings, request: Request) -> dict:
                 worker = threading.Thread(target=extract_in_background, daemon=True)
                 worker.start()
             try:
-                sha256, manifest, files = scan(archive, str(tmp or "/nonexistent-restore-root"), dump)
+                sha256, manifest, files = scan(archive, str(tmp or "/nonexistent-restore-root"), dump, expected)
                 damaged = expected is not None and sha256 != expected
             except UnreadableArchive:
                 damaged = True
