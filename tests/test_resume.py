@@ -217,3 +217,37 @@ def test_stale_open_run_is_abandoned_and_cleaned(install, wordpress, s3, s3_prox
     assert s3.s3.list_multipart_uploads(Bucket=s3.bucket).get("Uploads", []) == []
     [obj] = _objects(s3)
     assert old_stamp not in obj["Key"]
+
+
+def test_files_part_cut_short_by_a_crash_is_archived_again(install, wordpress, tmp_path):
+    """The files part is not fsynced (the archive is, once): if a crash cut it short, the
+    compress stage notices, drops the tar receipt, and the next run redoes the tar stage."""
+    from datetime import UTC, datetime
+
+    from wpbackup import runs, steps
+    from wpbackup.errors import BackupError
+    from wpbackup.settings import load_settings
+    from wpbackup.sites import load_sites
+
+    install.sites.append({"name": "blog", "path": str(make_site(tmp_path, wordpress, big_mb=2))})
+    install.write()
+    settings = load_settings({"WPBACKUP_ENV": str(install.env_path)})
+    [site] = load_sites(settings.sites_file)
+    run = runs.plan_run(settings.work_dir, "blog", datetime.now(UTC), 20)
+    steps.dump_stage(settings, site, run)
+    steps.tar_stage(settings, site, run)
+    part = run.folder / "files.part.zst"
+    os.truncate(part, part.stat().st_size // 2)
+    try:
+        steps.compress_stage(settings, site, run)
+    except BackupError as exc:
+        assert "the next run archives the files again" in str(exc)
+    else:
+        raise AssertionError("a damaged files part was accepted")
+    assert run.receipt("tar") is None and not part.exists()
+    assert install.archives() == []
+    result = install.doit("backup")
+    assert result.returncode == 0, result.stdout + result.stderr
+    [archive] = install.archives()
+    assert archive.name == f"blog-backup-{run.stamp}.tar.zst"
+    assert subprocess.run(["tar", "--zstd", "-tf", str(archive)], capture_output=True).returncode == 0

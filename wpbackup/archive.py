@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
 import tarfile
 import threading
 from collections.abc import Callable
@@ -30,25 +31,65 @@ _hash_cache: dict[str, tuple[int, hashlib._Hash]] = {}
 _hash_lock = threading.Lock()
 
 
+class PartLost(BackupError):
+    """The files part lost data in a crash (it is not fsynced): the tar stage must be redone."""
+
+
 class HashingWriter:
-    """A write-only file object that hashes and counts what passes through to ``fd``."""
+    """A write-only file object that hashes and counts what passes through to ``fd``.
+
+    Hashing and writing run in a thread of their own (both release the GIL), beside the
+    compression, through a short queue: memory stays bounded, the sha256 costs no wall time.
+    ``close()`` must be called before the digest is read; a write error surfaces there or on
+    a later write.
+    """
 
     def __init__(self, fd: int, digest=None, written: int = 0):
         self.fd = fd
         self.digest = digest or hashlib.sha256()
         self.written = written
+        self._queue: queue.Queue = queue.Queue(maxsize=8)
+        self._error: OSError | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._drain, daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while (data := self._queue.get()) is not None:
+            if self._error is not None:
+                continue
+            try:
+                self.digest.update(data)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self.fd, view):]
+            except OSError as exc:
+                self._error = exc
 
     def write(self, data) -> int:
-        view = memoryview(data)
-        self.digest.update(view)
-        while view:
-            count = os.write(self.fd, view)
-            view = view[count:]
+        if self._error is not None:
+            raise self._error
+        self._queue.put(data if isinstance(data, bytes) else bytes(data))
         self.written += len(data)
         return len(data)
 
     def flush(self) -> None:
         pass
+
+    def abandon(self) -> None:
+        """Stop the writer thread after a failure elsewhere (its own error is moot then)."""
+        try:
+            self.close()
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._queue.put(None)
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 def compressor(level: int, threads: int) -> zstandard.ZstdCompressor:
@@ -74,8 +115,8 @@ def write_files_part(root: Path, files: str, wp_config: Path, excludes: tuple[st
     stats = TreeStats()
     try:
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        sink = HashingWriter(fd)
         try:
-            sink = HashingWriter(fd)
             with compressor(level, threads).stream_writer(sink, closefd=False, write_size=CHUNK) as out:
                 in_tree = files == "all" and wp_config.parent == root
                 if not in_tree:
@@ -84,8 +125,11 @@ def write_files_part(root: Path, files: str, wp_config: Path, excludes: tuple[st
                         stats.files -= 1
                         stats.bytes -= wp_config.stat().st_size
                 write_tree(out, root, "" if files == "all" else "wp-content", excludes, skip, stats, progress)
-            os.fsync(fd)
+            sink.close()
+            # no fsync here: the archive is fsynced once, whole, before it gets its final name;
+            # a files part cut short by a crash is noticed by the compress stage and redone
         finally:
+            sink.abandon()
             os.close(fd)
         os.replace(partial, target)
     except OSError as exc:
@@ -128,13 +172,13 @@ def finish_archive(files_part: Path, files_part_size: int, tar_written: int, dum
     size first, and the final name only appears once everything is on disk.
     """
     if files_part.stat().st_size < files_part_size:
-        raise BackupError(f"{files_part} is shorter than its receipt says: the run's files part is damaged")
+        raise PartLost(f"{files_part} is shorter than its receipt says (lost in a crash)")
     try:
         os.truncate(files_part, files_part_size)
         digest = _resume_digest(files_part, files_part_size)
         fd = os.open(files_part, os.O_WRONLY | os.O_APPEND)
+        sink = HashingWriter(fd, digest, files_part_size)
         try:
-            sink = HashingWriter(fd, digest, files_part_size)
             written = tar_written
             with compressor(level, threads).stream_writer(sink, closefd=False, write_size=CHUNK) as out:
                 st = dump.stat()
@@ -152,8 +196,10 @@ def finish_archive(files_part: Path, files_part_size: int, tar_written: int, dum
                 out.write(member)
                 written += len(member)
                 out.write(end_of_archive(written))
-            os.fsync(fd)
+            sink.close()
+            os.fsync(fd)  # the whole archive, files part included, before the final name
         finally:
+            sink.abandon()
             os.close(fd)
         os.chmod(files_part, 0o600)
         os.replace(files_part, archive)

@@ -237,10 +237,15 @@ def compress_stage(settings: Settings, site: Site, run: Run) -> dict:
         files_part = run.folder / "files.part.zst"
         progress = Progress(f"{site.name} compress")
         if files_part.exists():
-            sha256, size = archive.finish_archive(
-                files_part, tar["size"], tar["written"], run.folder / "database.sql",
-                manifest(settings, site, run, dump, tar), target,
-                settings.zstd_level, settings.zstd_threads, progress.add)
+            try:
+                sha256, size = archive.finish_archive(
+                    files_part, tar["size"], tar["written"], run.folder / "database.sql",
+                    manifest(settings, site, run, dump, tar), target,
+                    settings.zstd_level, settings.zstd_threads, progress.add)
+            except archive.PartLost as exc:
+                run.receipt_path("tar").unlink(missing_ok=True)
+                files_part.unlink(missing_ok=True)
+                raise BackupError(f"{exc}; the next run archives the files again") from None
         elif target.exists():  # renamed before a crash: complete, only the receipt is missing
             sha256, size = archive.file_sha256(target), target.stat().st_size
         else:
