@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 import stat
 import tarfile
 from collections.abc import Callable, Iterable, Iterator
@@ -61,14 +62,20 @@ class TreeStats:
             self.warnings.append(message)
 
 
+def exclusion_matcher(patterns: Iterable[str]) -> Callable[[str], bool]:
+    """One compiled regex for all patterns: is this relative path itself excluded?"""
+    patterns = tuple(patterns)
+    if not patterns:
+        return lambda relative: False
+    regex = re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
+    return lambda relative: regex.match(relative) is not None
+
+
 def is_excluded(relative: str, patterns: Iterable[str]) -> bool:
     """True when the path, or any folder above it, matches one of the patterns."""
+    matches = exclusion_matcher(patterns)
     parts = relative.split("/")
-    for pattern in patterns:
-        for depth in range(1, len(parts) + 1):
-            if fnmatch.fnmatchcase("/".join(parts[:depth]), pattern):
-                return True
-    return False
+    return any(matches("/".join(parts[:depth])) for depth in range(1, len(parts) + 1))
 
 
 def _info(name: str, st: os.stat_result) -> tarfile.TarInfo:
@@ -82,7 +89,7 @@ def _info(name: str, st: os.stat_result) -> tarfile.TarInfo:
 def walk(root: Path, start: str, excludes: Iterable[str], skip: set[tuple[int, int]],
          stats: TreeStats) -> Iterator[tuple[str, os.stat_result]]:
     """Yield (relative name, lstat) below root/start, depth first, sorted, pruned."""
-    excludes = tuple(excludes)
+    excluded = exclusion_matcher(excludes)  # folders are pruned, so each path is tested once
     top = root / start if start else root
     try:
         st = top.lstat()
@@ -103,7 +110,7 @@ def walk(root: Path, start: str, excludes: Iterable[str], skip: set[tuple[int, i
         subdirs = []
         for entry in entries:
             name = f"{rel}/{entry.name}" if rel else entry.name
-            if is_excluded(name, excludes):
+            if excluded(name):
                 continue
             try:
                 st = entry.stat(follow_symlinks=False)
