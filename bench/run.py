@@ -1,14 +1,17 @@
 """Backup benchmark: one command, ratios against baselines measured in the same run.
 
-    python bench/run.py --sizes 200M,1G [--repeat 2] [--s3] [--restore]
+    python bench/run.py [--size 200M] [--repeat 3] [--skip-restic] [--skip-scale]
 
-For each size it generates a site (bench/sitegen.py) on a throwaway MariaDB, then alternates:
-  ours   `doit backup` (local-only, or to moto S3 with --s3), peak RSS of the whole process tree
-  shell  `mariadb-dump | zstd -T0 -3 > db.sql.zst; tar -cf - wp-content | zstd -T0 -3 > files.tar.zst`
-and prints medians: wall time, peak RSS, archive size, and ours/shell ratios.
-With --restore it then alternates restores of the newest archive into a fresh folder and database:
-  ours   `doit restore --site site --target DIR --database DB --force` (checksum, safe extraction)
-  shell  `zstd -dc ARCHIVE | tar -x -C DIR; mariadb DB < DIR/database.sql`
+It generates a realistic site (bench/sitegen.py) on a throwaway MariaDB, starts moto's S3
+server as its own process, then alternates, round after round, three ways to back it up to S3:
+  ours    `doit backup` (dump beside tar, one archive, verified upload)
+  shell   mariadb-dump | zstd -T0 -3; tar | zstd -T0 -3; aws s3 cp (both files), sequential
+  restic  mariadb-dump > dump.sql; restic backup dump.sql wp-content (a first backup, new repo)
+For each: wall time, CPU time (all child processes), peak RSS of the process tree, bytes the
+tree wrote to local disk, and what ended up in S3. Then the machine's limit for compression
+(`zstd -T0 -3` over the same input), a resumed run (S3 refuses after 3 parts, then the
+re-run), and the per-site overhead with 50 small sites plus `doit list` with 200 sites.
+Medians are printed with the ratios ours/shell and ours/restic.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -28,116 +32,110 @@ from pathlib import Path
 import psutil
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+REPO = HERE.parent
+sys.path.insert(0, str(REPO))
 
 from bench.sitegen import database_sql, parse_size, write_site  # noqa: E402
-from tests.servers import MariaDB, MotoS3  # noqa: E402
+from tests.faults import S3Proxy  # noqa: E402
+from tests.servers import MariaDB, free_port  # noqa: E402
+
+KEY, SECRET = "bench-key", "bench-secret"
 
 
-def peak_rss(proc: subprocess.Popen, stop: threading.Event, result: dict) -> None:
-    """Sample the RSS of the process and all its descendants every 20 ms."""
-    peak = 0
-    try:
-        root = psutil.Process(proc.pid)
-    except psutil.NoSuchProcess:
-        return
-    while not stop.is_set():
-        total = 0
+class Sampler(threading.Thread):
+    """Peak RSS and bytes written of a process and all its descendants, every 20 ms."""
+
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.pid, self.stop, self.peak, self.written = pid, threading.Event(), 0, {}
+
+    def run(self) -> None:
         try:
-            for p in [root, *root.children(recursive=True)]:
-                try:
-                    total += p.memory_info().rss
-                except psutil.NoSuchProcess:
-                    pass
+            root = psutil.Process(self.pid)
         except psutil.NoSuchProcess:
-            break
-        peak = max(peak, total)
-        time.sleep(0.02)
-    result["peak"] = peak
+            return
+        while not self.stop.is_set():
+            total = 0
+            try:
+                procs = [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                break
+            for proc in procs:
+                try:
+                    total += proc.memory_info().rss
+                    self.written[proc.pid] = max(self.written.get(proc.pid, 0), proc.io_counters().write_bytes)
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    pass
+            self.peak = max(self.peak, total)
+            time.sleep(0.02)
 
 
-def timed(argv, env=None, cwd=None, shell=False) -> tuple[float, int, str]:
+def measure(argv, env=None, cwd=None, check=True) -> dict:
+    """Run a command; wall, CPU (children), peak RSS and bytes written of its whole tree."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    proc = subprocess.Popen(argv, env=env, cwd=cwd, shell=shell, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    stop, result = threading.Event(), {}
-    sampler = threading.Thread(target=peak_rss, args=(proc, stop, result))
+    proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sampler = Sampler(proc.pid)
     sampler.start()
     output, _ = proc.communicate()
-    elapsed = time.perf_counter() - started
-    stop.set()
+    wall = time.perf_counter() - started
+    sampler.stop.set()
     sampler.join()
-    if proc.returncode != 0:
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if check and proc.returncode != 0:
         raise SystemExit(f"command failed ({proc.returncode}): {argv}\n{output[-3000:]}")
-    return elapsed, result.get("peak", 0), output
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"wall": wall, "cpu": cpu, "rss": sampler.peak, "written": sum(sampler.written.values()),
+            "output": output, "code": proc.returncode}
 
 
-def run_size(label: str, size: int, repeat: int, use_s3: bool, mariadb: MariaDB, s3: MotoS3 | None) -> dict:
-    base = Path(tempfile.mkdtemp(prefix=f"wpb-bench-{label}-"))
-    try:
-        name = f"bench_{label.lower()}"
-        mariadb.sql(f"CREATE DATABASE {name} CHARACTER SET utf8mb4; CREATE USER 'bench'@'127.0.0.1' "
-                    f"IDENTIFIED BY 'benchpass'; GRANT ALL ON *.* TO 'bench'@'127.0.0.1';"
-                    if label == LABELS[0] else f"CREATE DATABASE {name} CHARACTER SET utf8mb4;")
-        t = time.perf_counter()
-        mariadb.sql(database_sql(size // 10), database=name)
-        site = base / "site"
-        write_site(site, size, f"127.0.0.1:{mariadb.port}", name, "bench", "benchpass")
-        print(f"[{label}] generated in {time.perf_counter() - t:.1f}s", flush=True)
-        install = base / "install"
-        install.mkdir()
-        env_lines = ["SERVER_ID=bench", "LOCAL_KEEP=1"]
-        if use_s3:
-            env_lines += [f"S3_ENDPOINT_URL={s3.url}", "S3_BUCKET=bench", "S3_ACCESS_KEY_ID=k",
-                          "S3_SECRET_ACCESS_KEY=s"]
-        (install / ".env").write_text("\n".join(env_lines) + "\n")
-        (install / "sites.json").write_text(json.dumps({"sites": [{"name": "site", "path": str(site)}]}))
-        env = {**os.environ, "WPBACKUP_ENV": str(install / ".env")}
-        ours, shell = [], []
-        for i in range(repeat):
-            if s3:
-                s3.reset()
-                s3.client().create_bucket(Bucket="bench")
-            wall, rss, _ = timed([sys.executable, "-m", "doit", "-f", str(HERE.parent / "dodo.py"), "backup"],
-                                 env=env)
-            archive = max(install.glob("backups/*.tar.zst"))
-            ours.append((wall, rss, archive.stat().st_size))
-            out = base / "shell"
-            shutil.rmtree(out, ignore_errors=True)
-            out.mkdir()
-            script = (f"set -o pipefail; mariadb-dump --no-defaults -h127.0.0.1 -P{mariadb.port} -ubench "
-                      f"-pbenchpass --single-transaction --quick {name} | zstd -q -T0 -3 > {out}/db.sql.zst && "
-                      f"tar -C {site} -cf - wp-content | zstd -q -T0 -3 > {out}/files.tar.zst")
-            wall, rss, _ = timed(["bash", "-c", script])
-            size_shell = sum(p.stat().st_size for p in out.iterdir())
-            shell.append((wall, rss, size_shell))
-            print(f"[{label}] round {i + 1}: ours {ours[-1][0]:.2f}s {ours[-1][1] / 2**20:.0f} MiB, "
-                  f"shell {wall:.2f}s", flush=True)
-        restores = []
-        for i in range(repeat if RESTORE else 0):
-            archive = max(install.glob("backups/*.tar.zst"))
-            ours_dir, shell_dir = base / f"r-ours-{i}", base / f"r-shell-{i}"
-            mariadb.sql(f"CREATE DATABASE r_ours_{label.lower()}_{i}; CREATE DATABASE r_shell_{label.lower()}_{i}")
-            wall_ours, rss_ours, _ = timed(
-                [sys.executable, "-m", "doit", "-f", str(HERE.parent / "dodo.py"), "restore", "--site", "site",
-                 "--target", str(ours_dir), "--database", f"r_ours_{label.lower()}_{i}", "--force"], env=env)
-            shell_dir.mkdir()
-            script = (f"set -o pipefail; zstd -dc {archive} | tar -x -C {shell_dir} && "
-                      f"mariadb --no-defaults -h127.0.0.1 -P{mariadb.port} -ubench -pbenchpass "
-                      f"r_shell_{label.lower()}_{i} < {shell_dir}/database.sql")
-            wall_shell, _, _ = timed(["bash", "-c", script])
-            restores.append((wall_ours, rss_ours, wall_shell))
-            shutil.rmtree(ours_dir, ignore_errors=True)
-            shutil.rmtree(shell_dir, ignore_errors=True)
-            print(f"[{label}] restore {i + 1}: ours {wall_ours:.2f}s {rss_ours / 2**20:.0f} MiB, "
-                  f"shell {wall_shell:.2f}s", flush=True)
-        return {"label": label, "ours": ours, "shell": shell, "restores": restores}
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+class MotoProcess:
+    def __init__(self):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(["moto_server", "-H", "127.0.0.1", "-p", str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        import urllib.request
+
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(f"{self.url}/moto-api/", timeout=1)
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise SystemExit("moto_server did not start")
+
+    def client(self):
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client("s3", endpoint_url=self.url, region_name="us-east-1", aws_access_key_id=KEY,
+                            aws_secret_access_key=SECRET, config=Config(s3={"addressing_style": "path"}))
+
+    def reset(self) -> None:
+        import urllib.request
+
+        urllib.request.urlopen(urllib.request.Request(f"{self.url}/moto-api/reset", method="POST")).read()
+        self.client().create_bucket(Bucket="bench")
+
+    def stored(self, prefix: str) -> int:
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket="bench", Prefix=prefix)
+        return sum(o["Size"] for page in pages for o in page.get("Contents", []))
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait()
 
 
-LABELS: list[str] = []
-RESTORE = False
+def doit(*args: str) -> list[str]:
+    return [sys.executable, "-m", "doit", "-f", str(REPO / "dodo.py"), *args]
+
+
+def make_install(folder: Path, sites: list[dict], env: dict[str, str]) -> dict:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / ".env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+    (folder / "sites.json").write_text(json.dumps({"sites": sites}))
+    return {**os.environ, "WPBACKUP_ENV": str(folder / ".env"), "PYTHONUNBUFFERED": "1"}
 
 
 def main() -> None:
@@ -145,37 +143,165 @@ def main() -> None:
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="200M")
-    parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--s3", action="store_true", help="upload to moto's S3 server (in this process)")
-    parser.add_argument("--restore", action="store_true", help="also time restores against zstd | tar + mariadb")
+    parser.add_argument("--size", default="200M", help="site size, e.g. 200M or 2G")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--skip-restic", action="store_true")
+    parser.add_argument("--skip-scale", action="store_true")
     args = parser.parse_args()
-    global RESTORE
-    RESTORE = args.restore
-    LABELS.extend(s.strip() for s in args.sizes.split(","))
-    mariadb = MariaDB()
-    s3 = MotoS3() if args.s3 else None
+    size = parse_size(args.size)
+    base = Path(tempfile.mkdtemp(prefix="wpb-bench-"))
+    mariadb, moto = MariaDB(), MotoProcess()
+    db = f"127.0.0.1:{mariadb.port}"
+    dump_cmd = (f"mariadb-dump --no-defaults -h127.0.0.1 -P{mariadb.port} -ubench -pbenchpass "
+                "--single-transaction --quick --routines --triggers --hex-blob bench")
+    aws_env = {**os.environ, "AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET,
+               "AWS_DEFAULT_REGION": "us-east-1", "RESTIC_PASSWORD": "bench"}
+    rows: dict[str, list[dict]] = {"ours": [], "shell": [], "restic": []}
     try:
-        rows = [run_size(label, parse_size(label), args.repeat, args.s3, mariadb, s3) for label in LABELS]
+        t = time.perf_counter()
+        mariadb.sql("CREATE DATABASE bench CHARACTER SET utf8mb4; CREATE USER 'bench'@'127.0.0.1' "
+                    "IDENTIFIED BY 'benchpass'; GRANT ALL ON *.* TO 'bench'@'127.0.0.1';")
+        mariadb.sql(database_sql(size // 10), database="bench")
+        site = base / "site"
+        write_site(site, size, db, "bench", "bench", "benchpass")
+        raw_dump = len(subprocess.run(dump_cmd, shell=True, capture_output=True).stdout)
+        print(f"generated {args.size} in {time.perf_counter() - t:.0f}s (dump {raw_dump / 2**20:.0f} MiB)", flush=True)
+        env = make_install(base / "ours", [{"name": "site", "path": str(site)}], {
+            "SERVER_ID": "bench", "LOCAL_KEEP": "1", "S3_ENDPOINT_URL": moto.url, "S3_BUCKET": "bench",
+            "S3_ACCESS_KEY_ID": KEY, "S3_SECRET_ACCESS_KEY": SECRET})
+        shell_dir = base / "shell"
+        for i in range(args.repeat):
+            order = ["ours", "shell", "restic"][i % 3:] + ["ours", "shell", "restic"][:i % 3]
+            for who in order:
+                if who == "restic" and args.skip_restic:
+                    continue
+                moto.reset()
+                subprocess.run("sync", shell=True)
+                if who == "ours":
+                    result = measure(doit("backup"), env=env)
+                    archive = max((base / "ours" / "backups").glob("*.tar.zst"))
+                    result["stored"] = moto.stored("bench/")
+                    result["archive"] = archive.stat().st_size
+                elif who == "shell":
+                    shutil.rmtree(shell_dir, ignore_errors=True)
+                    shell_dir.mkdir()
+                    script = (f"set -eo pipefail; {dump_cmd} | zstd -q -T0 -3 > {shell_dir}/db.sql.zst; "
+                              f"tar -C {site} -cf - wp-content | zstd -q -T0 -3 > {shell_dir}/files.tar.zst; "
+                              f"for f in db.sql.zst files.tar.zst; do aws --endpoint-url {moto.url} s3 cp "
+                              f"--only-show-errors {shell_dir}/$f s3://bench/shell/$f; done")
+                    result = measure(["bash", "-c", script], env=aws_env)
+                    result["stored"] = moto.stored("shell/")
+                    result["archive"] = result["stored"]
+                else:
+                    work = base / "restic"
+                    shutil.rmtree(work, ignore_errors=True)
+                    work.mkdir()
+                    repo = f"s3:{moto.url}/bench/restic"
+                    script = (f"set -eo pipefail; {dump_cmd} > {work}/dump.sql; "
+                              f"restic -q -r {repo} init >/dev/null; "
+                              f"restic -q -r {repo} --cache-dir {work}/cache backup {work}/dump.sql "
+                              f"{site}/wp-content")
+                    result = measure(["bash", "-c", script], env=aws_env)
+                    result["stored"] = moto.stored("restic/")
+                    result["archive"] = result["stored"]
+                rows[who].append(result)
+                print(f"round {i + 1} {who:6}: {result['wall']:6.2f}s wall, {result['cpu']:6.2f}s cpu, "
+                      f"{result['rss'] / 2**20:5.0f} MiB, wrote {result['written'] / 2**20:6.0f} MiB, "
+                      f"stored {result['stored'] / 2**20:6.0f} MiB", flush=True)
+
+        # the machine's limit: zstd -T0 -3 over the same input (files tar + dump), to /dev/null
+        limit = measure(["bash", "-c", f"set -o pipefail; ( tar -C {site} -cf - wp-content; {dump_cmd} ) "
+                                       "| zstd -q -T0 -3 > /dev/null"])
+        resumed = resume_run(base, site, moto, args.size)
+        scale = None if args.skip_scale else scale_runs(base, mariadb)
     finally:
+        moto.stop()
         mariadb.stop()
-        if s3:
-            s3.stop()
+        shutil.rmtree(base, ignore_errors=True)
+    report(args, rows, size, raw_dump, limit, resumed, scale)
+
+
+def resume_run(base: Path, site: Path, moto: MotoProcess, label: str) -> dict:
+    """S3 refuses after 3 parts; then the re-run. What did the re-run redo?"""
+    moto.reset()
+    proxy = S3Proxy(moto.url)
+    proxy.mode, proxy.after_parts = "refuse", 3
+    folder = base / "resume"
+    env = make_install(folder, [{"name": "site", "path": str(site)}], {
+        "SERVER_ID": "bench", "S3_ENDPOINT_URL": proxy.url, "S3_BUCKET": "bench", "S3_ACCESS_KEY_ID": KEY,
+        "S3_SECRET_ACCESS_KEY": SECRET, "S3_MAX_ATTEMPTS": "1"})
+    try:
+        first = measure(doit("backup"), env=env, check=False)
+        proxy.mode = "pass"
+        second = measure(doit("backup"), env=env)
+    finally:
+        proxy.stop()
+    import sqlite3
+
+    with sqlite3.connect(folder / "backups.db") as conn:
+        def count(like: str) -> int:
+            return conn.execute("SELECT COUNT(*) FROM backup_log WHERE details LIKE ?", (like,)).fetchone()[0]
+        info = {"dumps": count("database % dumped%"), "tars": count("% files % archived%"),
+                "archives": count("archive % written%"), "resumed": conn.execute(
+                    "SELECT details FROM backup_log WHERE details LIKE '%parts resumed%'").fetchone()}
+    return {"first": first, "second": second, **info}
+
+
+def scale_runs(base: Path, mariadb: MariaDB) -> dict:
+    """50 small sites in one run, and `doit list` with 200 sites configured."""
+    mariadb.sql("CREATE DATABASE small CHARACTER SET utf8mb4")
+    mariadb.sql("CREATE TABLE wp_posts (ID INT PRIMARY KEY, post_title TEXT); "
+                "INSERT INTO wp_posts SELECT seq, CONCAT('post ', seq) FROM seq_1_to_50;", database="small")
+    sites = []
+    for n in range(200):
+        root = base / "small" / f"s{n}"
+        (root / "wp-content" / "uploads").mkdir(parents=True)
+        (root / "wp-content" / "uploads" / "a.txt").write_text("hello " * 100)
+        (root / "wp-config.php").write_text(
+            f"<?php define('DB_NAME','small'); define('DB_USER','bench'); define('DB_PASSWORD','benchpass');"
+            f" define('DB_HOST','127.0.0.1:{mariadb.port}'); $table_prefix = 'wp_';\n")
+        sites.append({"name": f"site{n:03d}", "path": str(root)})
+    env50 = make_install(base / "scale50", sites[:50], {"SERVER_ID": "bench"})
+    fifty = measure(doit("backup"), env=env50)
+    env1 = make_install(base / "scale1", sites[:1], {"SERVER_ID": "bench"})
+    one = measure(doit("backup"), env=env1)
+    env200 = make_install(base / "scale200", sites, {"SERVER_ID": "bench"})
+    listing = measure(doit("list", "--all"), env=env200)
+    return {"fifty": fifty["wall"], "one": one["wall"], "list200": listing["wall"]}
+
+
+def report(args, rows, size, raw_dump, limit, resumed, scale) -> None:
     med = statistics.median
     print(f"\nmachine: {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM; "
-          f"{'to moto S3' if args.s3 else 'local-only'}; medians of {args.repeat}")
-    print(f"{'size':>6} {'ours s':>8} {'shell s':>8} {'ratio':>6} {'ours RSS MiB':>13} "
-          f"{'archive MiB':>12} {'shell MiB':>10} {'size ratio':>10}")
-    for row in rows:
-        ow, orss, osz = (med(x[i] for x in row["ours"]) for i in range(3))
-        sw, _, ssz = (med(x[i] for x in row["shell"]) for i in range(3))
-        print(f"{row['label']:>6} {ow:8.2f} {sw:8.2f} {ow / sw:6.2f} {orss / 2**20:13.0f} "
-              f"{osz / 2**20:12.1f} {ssz / 2**20:10.1f} {osz / ssz:10.3f}")
-    if args.restore:
-        print(f"\n{'size':>6} {'restore s':>10} {'shell s':>8} {'ratio':>6} {'ours RSS MiB':>13}")
-        for row in rows:
-            ow, orss, sw = (med(x[i] for x in row["restores"]) for i in range(3))
-            print(f"{row['label']:>6} {ow:10.2f} {sw:8.2f} {ow / sw:6.2f} {orss / 2**20:13.0f}")
+          f"site {args.size}; moto S3 in its own process; medians of {args.repeat}")
+    print(f"{'':8}{'wall s':>8}{'cpu s':>8}{'RSS MiB':>9}{'wrote MiB':>11}{'in S3 MiB':>11}")
+    medians = {}
+    for who, results in rows.items():
+        if not results:
+            continue
+        m = {k: med(r[k] for r in results) for k in ("wall", "cpu", "rss", "written", "stored", "archive")}
+        medians[who] = m
+        print(f"{who:8}{m['wall']:8.2f}{m['cpu']:8.2f}{m['rss'] / 2**20:9.0f}{m['written'] / 2**20:11.0f}"
+              f"{m['stored'] / 2**20:11.1f}")
+    ours = medians["ours"]
+    for other in ("shell", "restic"):
+        if other in medians:
+            print(f"ours/{other}: wall {ours['wall'] / medians[other]['wall']:.2f}, "
+                  f"cpu {ours['cpu'] / medians[other]['cpu']:.2f}, "
+                  f"stored {ours['stored'] / medians[other]['stored']:.3f}")
+    input_bytes = size * 9 // 10 + raw_dump
+    print(f"machine limit: zstd -T0 -3 over the same input {limit['wall']:.2f}s "
+          f"({input_bytes / limit['wall'] / 2**20:.0f} MiB/s); ours {input_bytes / ours['wall'] / 2**20:.0f} MiB/s "
+          f"= {limit['wall'] / ours['wall']:.2f} of the limit")
+    print(f"extra local disk: ours wrote {ours['written'] / 2**20:.0f} MiB; archive + raw dump = "
+          f"{(ours['archive'] + raw_dump) / 2**20:.0f} MiB")
+    r = resumed
+    print(f"resume: first run (S3 refuses after 3 parts) {r['first']['wall']:.2f}s exit {r['first']['code']}; "
+          f"re-run {r['second']['wall']:.2f}s; dumps {r['dumps']}, tar passes {r['tars']}, archives {r['archives']} "
+          f"over both runs; {r['resumed'][0] if r['resumed'] else 'no parts resumed'}")
+    if scale:
+        print(f"scale: 50 small sites {scale['fifty']:.2f}s ({(scale['fifty'] - scale['one']) / 49:.2f}s per extra "
+              f"site; one site alone {scale['one']:.2f}s); doit list --all with 200 sites {scale['list200']:.2f}s")
 
 
 if __name__ == "__main__":
