@@ -93,7 +93,9 @@ class MotoProcess:
     def __init__(self):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(["moto_server", "-H", "127.0.0.1", "-p", str(self.port)],
+        beside = Path(sys.executable).parent / "moto_server"  # the venv's, when run from it
+        server = str(beside) if beside.exists() else "moto_server"
+        self.proc = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(self.port)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         import urllib.request
 

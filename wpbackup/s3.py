@@ -32,7 +32,7 @@ from .errors import BackupError
 MIB = 1 << 20
 DEFAULT_PART = 8 * MIB
 MAX_PARTS = 10000
-CONCURRENCY = 4
+CONCURRENCY = 8  # parts are streamed from the file, so this costs sockets, not memory
 _MD5_ETAG = re.compile(r'^"?([0-9a-f]{32})(?:-(\d+))?"?$')
 
 
@@ -95,6 +95,38 @@ class Uploaded:
     verified_by: str
     parts: int
     resumed_parts: int = 0
+
+
+class PartReader:
+    """One part of the archive as a seekable, read-only file, read straight from disk: the
+    upload never holds a whole part in memory (botocore seeks back to 0 on a retry)."""
+
+    def __init__(self, fd: int, offset: int, length: int):
+        self.fd, self.offset, self.length, self.position = fd, offset, length, 0
+
+    def read(self, size: int = -1) -> bytes:
+        left = self.length - self.position
+        size = left if size is None or size < 0 else min(size, left)
+        data = os.pread(self.fd, size, self.offset + self.position) if size > 0 else b""
+        self.position += len(data)
+        return data
+
+    def seek(self, position: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self.position, 2: self.length}[whence]
+        self.position = max(0, min(self.length, base + position))
+        return self.position
+
+    def tell(self) -> int:
+        return self.position
+
+    def __len__(self) -> int:
+        return self.length
+
+    def md5(self) -> bytes:
+        digest = hashlib.md5(usedforsecurity=False)
+        for start in range(0, self.length, MIB):
+            digest.update(os.pread(self.fd, min(MIB, self.length - start), self.offset + start))
+        return digest.digest()
 
 
 class _State:
@@ -271,10 +303,10 @@ def upload_archive(client, bucket: str, key: str, path: Path, sha256: str, metad
         if failed.is_set() or stopping.is_set():
             return
         length = min(part_size, size - (number - 1) * part_size)
-        data = os.pread(fd, length, (number - 1) * part_size)
-        md5 = _md5(data)
+        body = PartReader(fd, (number - 1) * part_size, length)
+        md5 = body.md5()
         response = client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number,
-                                      Body=data, ContentMD5=base64.b64encode(md5).decode())
+                                      Body=body, ContentLength=length, ContentMD5=base64.b64encode(md5).decode())
         etag = response["ETag"].strip('"')
         if etag != md5.hex() and _MD5_ETAG.match(etag):
             raise BackupError(f"S3 stored part {number} of {key} with another checksum")
