@@ -330,10 +330,10 @@ def upload_archive(client, bucket: str, key: str, path: Path, sha256: str, metad
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         os.close(fd)
-    parts = [{"PartNumber": n, "ETag": state.data["parts"][str(n)]} for n in range(1, count + 1)]
+    parts = [{"PartNumber": n, "ETag": f'"{state.data["parts"][str(n)]}"'} for n in range(1, count + 1)]
     response = client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id,
                                                 MultipartUpload={"Parts": parts})
-    md5s = [bytes.fromhex(p["ETag"]) if _MD5_ETAG.match(p["ETag"]) else b"" for p in parts]
+    md5s = [bytes.fromhex(p["ETag"].strip('"')) if _MD5_ETAG.match(p["ETag"]) else b"" for p in parts]
     expected = f"{_md5(b''.join(md5s)).hex()}-{count}" if all(md5s) else None
     how = verify_object(client, bucket, key, size, sha256, expected)
     state_path.unlink(missing_ok=True)
