@@ -1,6 +1,6 @@
 """Backup benchmark: one command, ratios against baselines measured in the same run.
 
-    python bench/run.py [--size 200M] [--repeat 3] [--skip-restic] [--skip-scale]
+    python bench/run.py [--size 200M] [--repeat 3] [--skip-restic] [--skip-scale] [--skip-restore]
 
 It generates a realistic site (bench/sitegen.py) on a throwaway MariaDB, starts moto's S3
 server as its own process, then alternates, round after round, three ways to back it up to S3:
@@ -11,7 +11,10 @@ For each: wall time, CPU time (all child processes), peak RSS of the process tre
 tree wrote to local disk, and what ended up in S3. Then the machine's limit for compression
 (`zstd -T0 -3` over the same input), a resumed run (S3 refuses after 3 parts, then the
 re-run), and the per-site overhead with 50 small sites plus `doit list` with 200 sites.
-Medians are printed with the ratios ours/shell and ours/restic.
+Then restores of our newest archive into a fresh folder and database, alternating
+  ours    `doit restore --site site --target DIR --database DB --force` (checksum, safe extraction)
+  shell   `zstd -dc ARCHIVE | tar -x -C DIR`, then `mariadb DB < DIR/database.sql`
+Medians are printed with the ratios ours/shell and ours/restic (ours/shell for restores).
 """
 
 from __future__ import annotations
@@ -149,6 +152,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--skip-restic", action="store_true")
     parser.add_argument("--skip-scale", action="store_true")
+    parser.add_argument("--skip-restore", action="store_true")
     args = parser.parse_args()
     size = parse_size(args.size)
     base = Path(tempfile.mkdtemp(prefix="wpb-bench-"))
@@ -211,6 +215,7 @@ def main() -> None:
                       f"{result['rss'] / 2**20:5.0f} MiB, wrote {result['written'] / 2**20:6.0f} MiB, "
                       f"stored {result['stored'] / 2**20:6.0f} MiB", flush=True)
 
+        restores = [] if args.skip_restore else restore_runs(base, env, mariadb, args.repeat)
         # the machine's limit: zstd -T0 -3 over the same input (files tar + dump), to /dev/null
         limit = measure(["bash", "-c", f"set -o pipefail; ( tar -C {site} -cf - wp-content; {dump_cmd} ) "
                                        "| zstd -q -T0 -3 > /dev/null"])
@@ -220,7 +225,30 @@ def main() -> None:
         moto.stop()
         mariadb.stop()
         shutil.rmtree(base, ignore_errors=True)
-    report(args, rows, size, raw_dump, limit, resumed, scale)
+    report(args, rows, size, raw_dump, limit, resumed, scale, restores)
+
+
+def restore_runs(base: Path, env: dict, mariadb: MariaDB, repeat: int) -> list[tuple[dict, dict]]:
+    """Our restore against zstd | tar then mariadb, alternating, from the same archive."""
+    archive = max((base / "ours" / "backups").glob("*.tar.zst"))
+    results = []
+    for i in range(repeat):
+        ours_dir, shell_dir = base / f"restore-ours-{i}", base / f"restore-shell-{i}"
+        mariadb.sql(f"CREATE DATABASE r_ours_{i}; CREATE DATABASE r_shell_{i}")
+        subprocess.run("sync", shell=True)
+        ours = measure(doit("restore", "--site", "site", "--target", str(ours_dir), "--database", f"r_ours_{i}",
+                            "--force"), env=env)
+        shell_dir.mkdir()
+        subprocess.run("sync", shell=True)
+        shell = measure(["bash", "-c", f"set -eo pipefail; zstd -dc {archive} | tar -x -C {shell_dir}; "
+                                       f"mariadb --no-defaults -h127.0.0.1 -P{mariadb.port} -ubench -pbenchpass "
+                                       f"r_shell_{i} < {shell_dir}/database.sql"])
+        print(f"restore {i + 1}: ours {ours['wall']:.2f}s {ours['rss'] / 2**20:.0f} MiB, shell {shell['wall']:.2f}s",
+              flush=True)
+        results.append((ours, shell))
+        shutil.rmtree(ours_dir, ignore_errors=True)
+        shutil.rmtree(shell_dir, ignore_errors=True)
+    return results
 
 
 def resume_run(base: Path, site: Path, moto: MotoProcess, label: str) -> dict:
@@ -231,7 +259,7 @@ def resume_run(base: Path, site: Path, moto: MotoProcess, label: str) -> dict:
     folder = base / "resume"
     env = make_install(folder, [{"name": "site", "path": str(site)}], {
         "SERVER_ID": "bench", "S3_ENDPOINT_URL": proxy.url, "S3_BUCKET": "bench", "S3_ACCESS_KEY_ID": KEY,
-        "S3_SECRET_ACCESS_KEY": SECRET, "S3_MAX_ATTEMPTS": "1"})
+        "S3_SECRET_ACCESS_KEY": SECRET, "S3_MAX_ATTEMPTS": "1", "S3_PART_SIZE_MB": "5"})
     try:
         first = measure(doit("backup"), env=env, check=False)
         proxy.mode = "pass"
@@ -272,7 +300,7 @@ def scale_runs(base: Path, mariadb: MariaDB) -> dict:
     return {"fifty": fifty["wall"], "one": one["wall"], "list200": listing["wall"]}
 
 
-def report(args, rows, size, raw_dump, limit, resumed, scale) -> None:
+def report(args, rows, size, raw_dump, limit, resumed, scale, restores) -> None:
     med = statistics.median
     print(f"\nmachine: {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM; "
           f"site {args.size}; moto S3 in its own process; medians of {args.repeat}")
@@ -301,6 +329,11 @@ def report(args, rows, size, raw_dump, limit, resumed, scale) -> None:
     print(f"resume: first run (S3 refuses after 3 parts) {r['first']['wall']:.2f}s exit {r['first']['code']}; "
           f"re-run {r['second']['wall']:.2f}s; dumps {r['dumps']}, tar passes {r['tars']}, archives {r['archives']} "
           f"over both runs; {r['resumed'][0] if r['resumed'] else 'no parts resumed'}")
+    if restores:
+        ours_wall = med(o["wall"] for o, _ in restores)
+        shell_wall = med(s["wall"] for _, s in restores)
+        print(f"restore: ours {ours_wall:.2f}s (peak RSS {med(o['rss'] for o, _ in restores) / 2**20:.0f} MiB), "
+              f"zstd|tar + mariadb {shell_wall:.2f}s, ratio {ours_wall / shell_wall:.2f}")
     if scale:
         print(f"scale: 50 small sites {scale['fifty']:.2f}s ({(scale['fifty'] - scale['one']) / 49:.2f}s per extra "
               f"site; one site alone {scale['one']:.2f}s); doit list --all with 200 sites {scale['list200']:.2f}s")
