@@ -15,8 +15,8 @@ from wpbackup import catalog
 from wpbackup.console import log
 from wpbackup.errors import BackupError
 from wpbackup.restore import Request, restore
-from wpbackup.s3 import make_client
-from wpbackup.verify import check_local, check_remote, restore_test
+from wpbackup.s3 import describe, make_client
+from wpbackup.verify import ArchiveCheck, check_local, check_remote, restore_test
 
 from .context import CONTEXT
 
@@ -86,12 +86,22 @@ def verify_action(site, all_, remote, restore_test_):
                 checks.append(check_local(local, row["archive_sha256"]))
             if remote:
                 if row["s3_key"] and settings.s3_enabled:
-                    checks.append(check_remote(make_client(settings), row["s3_bucket"] or settings.s3_bucket,
-                                               row["s3_key"], row["archive_sha256"]))
+                    bucket = row["s3_bucket"] or settings.s3_bucket
+                    try:
+                        checks.append(check_remote(make_client(settings), bucket, row["s3_key"],
+                                                   row["archive_sha256"]))
+                    except Exception as exc:
+                        failure = describe(exc, settings.s3_endpoint_url, bucket)
+                        checks.append(ArchiveCheck(row["archive_name"], f"s3://{bucket}/{row['s3_key']}",
+                                                   [f"cannot read the S3 copy: {failure}"]))
                 else:
                     print(f"{chosen.name}: {row['archive_name']}: no S3 copy recorded")
             if not checks:
-                print(f"{chosen.name}: {row['archive_name']}: no local copy (use --remote to check the S3 copy)")
+                failures += 1
+                message = (f"verify failed: {row['archive_name']}: no copy to check (none on this disk"
+                           f"{'' if remote else '; --remote checks the S3 copy'})")
+                _record("ERROR", chosen.name, message)
+                print(f"{chosen.name}: {message}")
                 continue
             problems = [f"{c.where}: {p}" for c in checks for p in c.problems]
             manifest = next((c.manifest for c in checks if c.manifest), None)

@@ -128,6 +128,9 @@ def _member(name, kind=tarfile.REGTYPE, linkname="", size=4):
                         _member("wp-content/link/evil.txt")]),
     ("hardlink escape", [_member("wp-content/hard", tarfile.LNKTYPE, "../../outside/secret.txt")]),
     ("device file", [_member("wp-content/disk", tarfile.CHRTYPE)]),
+    ("link through a later link", [_member("wp-content/t", tarfile.SYMTYPE, "s/.."),
+                                   _member("wp-content/s", tarfile.SYMTYPE, ".."),
+                                   _member("wp-content/t/evil.txt")]),
 ])
 def test_malicious_archives_are_refused_and_nothing_is_written_outside(install, wordpress, tmp_path, case, evil):
     install.add_site("blog", wordpress)

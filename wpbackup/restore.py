@@ -4,8 +4,8 @@
       -> at once: [scan]    sha256 + every member checked (absolute paths, '..', links leaving
                             the target, devices: the restore stops) + database.sql set aside
                   [extract] zstd -> GNU tar -> temporary folder beside the target
-      -> database.sql loaded with the mariadb/mysql client into --database (after the scan)
-      -> the restored files swapped in (after both); the old ones removed
+      -> database.sql loaded with the mariadb/mysql client into --database (after both)
+      -> the restored files swapped in; the old ones removed
 
 A failed or refused restore leaves the files as they were and removes its temporary folder.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
 import re
 import shutil
 import subprocess
@@ -57,8 +58,12 @@ class Source:
     s3_bucket: str | None
 
 
+ARCHIVE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}-backup-\d{8}-\d{6}\.tar\.zst$")
+
+
 def find_archive(settings: Settings, site: Site, name: str | None) -> Source:
-    """The archive named, or the newest successful one of the site (this server's first)."""
+    """The archive named, or the newest successful one of the site (this server's first).
+    Names come from the fleet's catalog: only well-formed archive names are used as paths."""
     rows = catalog.successes(settings.db_path, site.name)
     if name and name != "latest":
         rows = [r for r in rows if r["archive_name"] == name]
@@ -66,6 +71,9 @@ def find_archive(settings: Settings, site: Site, name: str | None) -> Source:
             raise BackupError(f"no successful backup named {name} for site {site.name} in {settings.db_path}")
     elif not rows:
         raise BackupError(f"no successful backup of site {site.name} in {settings.db_path}")
+    rows = [r for r in rows if ARCHIVE_NAME_RE.match(r["archive_name"] or "")]
+    if not rows:
+        raise BackupError(f"the catalog's archive names for site {site.name} are not valid archive names")
     mine = [r for r in rows if r["server_id"] == settings.server_id]
     row = (mine or rows)[0]
     return Source(row["archive_name"], row["archive_sha256"], row["archive_size"], row["server_id"],
@@ -157,16 +165,14 @@ def scan(archive: Path, dest: str, dump_to: Path | None, expected: str | None = 
 
 def _scan_members(tar, dest: str, dump_to: Path | None, manifest: dict) -> int:
     """Check every member, fill ``manifest``, copy database.sql out; the site file count."""
-    links: set[str] = set()
+    links: dict[str, tuple[bool, str]] = {}
+    names: list[str] = []
     files = 0
     for member in tar:
-        parts = member.name.split("/")
-        if any("/".join(parts[:n]) in links for n in range(1, len(parts))):
-            raise BackupError(f"refused archive member {member.name!r}: it goes through a symbolic "
-                              "link; nothing was changed")
+        names.append(member.name.rstrip("/"))
         _safe_filter(member, dest)
-        if member.issym():
-            links.add(member.name.rstrip("/"))
+        if member.issym() or member.islnk():
+            links[member.name.rstrip("/")] = (member.issym(), member.linkname)
         files += member.isfile() and member.name not in ("manifest.json", "database.sql")
         if member.name == "manifest.json" and member.isfile():
             manifest.update(json.loads(tar.extractfile(member).read(16 << 20)))
@@ -175,7 +181,44 @@ def _scan_members(tar, dest: str, dump_to: Path | None, manifest: dict) -> int:
             with os.fdopen(fd, "wb") as out:
                 shutil.copyfileobj(tar.extractfile(member), out, CHUNK)
     tar.close()
+    _check_links(names, links)
     return files
+
+
+def _walk_target(base: str, target: str, symlinks: set[str]) -> bool:
+    """Follow a link target component by component, by name only: False when it leaves the
+    tree, or goes on through a component that is itself a symbolic link."""
+    if target.startswith("/"):
+        return False
+    stack = [p for p in base.split("/") if p]
+    parts = [p for p in target.split("/") if p not in ("", ".")]
+    for index, part in enumerate(parts):
+        if part == "..":
+            if not stack:
+                return False
+            stack.pop()
+            continue
+        stack.append(part)
+        if index < len(parts) - 1 and "/".join(stack) in symlinks:
+            return False
+    return True
+
+
+def _check_links(names: list[str], links: dict[str, tuple[bool, str]]) -> None:
+    """With the whole listing known, check links by their names alone (the folder is being
+    written meanwhile, so the disk proves nothing): no member and no link target may pass
+    through a symbolic link, and no link may lead out of the tree."""
+    symlinks = {name for name, (symbolic, _) in links.items() if symbolic}
+    for name in names:
+        parts = name.split("/")
+        if any("/".join(parts[:n]) in symlinks for n in range(1, len(parts))):
+            raise BackupError(f"refused archive member {name!r}: it goes through a symbolic link; "
+                              "nothing was changed")
+    for name, (symbolic, target) in links.items():
+        base = posixpath.dirname(name) if symbolic else ""
+        if not _walk_target(base, target, symlinks):
+            raise BackupError(f"refused archive member {name!r}: its link target {target!r} leaves the "
+                              "restored tree or goes through another link; nothing was changed")
 
 
 def extract_files(archive: Path, tmp: Path, stop: threading.Event) -> None:
@@ -236,7 +279,10 @@ def load_database(db: DbSettings, dump: Path, options_dir: Path) -> None:
 
 
 def drop_tables_not_in(db: DbSettings, keep: set[str], options_dir: Path) -> list[str]:
-    """After a --force load: drop the site's (prefixed) tables that the backup did not have."""
+    """After a --force load: drop the site's (prefixed) tables that the backup did not have.
+    Nothing is dropped without a table list to compare with, or without a prefix."""
+    if not keep or not db.table_prefix:
+        return []
     with option_file(db, options_dir) as options:
         rows = run_query(db, "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE()",
                          options)
@@ -290,8 +336,8 @@ def restore(settings: Settings, request: Request) -> dict:
     live files or the database are touched.
 
     Two readers run at once: one extracts the files into the temporary folder, the other
-    checks the checksum and every member and copies database.sql out; the database is
-    loaded as soon as the check passed, while the files are still being written.
+    checks the checksum and every member and copies database.sql out. Only when both have
+    succeeded is the database loaded, then the files swapped in.
     """
     started = time.monotonic()
     site = request.site
@@ -362,7 +408,14 @@ def restore(settings: Settings, request: Request) -> dict:
             archive, downloaded = download(settings, source, scratch), True
         mode = manifest.get("files", {}).get("mode", "wp-content")
         dropped: list[str] = []
+        if worker:  # the files must be complete before the database is touched
+            worker.join()
+            if "error" in extraction:
+                error = extraction["error"]
+                raise error if isinstance(error, BackupError) else BackupError(f"extraction failed: {error}")
         if db is not None and dump is not None:
+            if not dump.exists():
+                raise BackupError(f"{source.name} holds no database.sql: nothing was changed")
             if not exists:
                 run_query(replace(db, name="information_schema"), f"CREATE DATABASE {quote_identifier(db.name)} "
                                                                   "CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
@@ -370,10 +423,6 @@ def restore(settings: Settings, request: Request) -> dict:
             if request.force:
                 dropped = drop_tables_not_in(db, set(manifest.get("database", {}).get("tables", {})), scratch)
         if worker:
-            worker.join()
-            if "error" in extraction:
-                error = extraction["error"]
-                raise error if isinstance(error, BackupError) else BackupError(f"extraction failed: {error}")
             os.chmod(tmp, 0o755)
             swap_in(tmp, target, mode)
             tmp = None

@@ -120,6 +120,7 @@ def restore_test(settings, site, archive_name: str, manifest: dict) -> list[str]
     from .restore import Request, restore
 
     scratch_db = f"wpbackup_verify_{secrets.token_hex(4)}"
+    (settings.backup_dir / ".work").mkdir(parents=True, exist_ok=True, mode=0o700)
     folder = Path(tempfile.mkdtemp(prefix="wpbackup-verify-", dir=settings.backup_dir / ".work"))
     problems: list[str] = []
     db = replace(site.database(), name=scratch_db)
