@@ -38,29 +38,11 @@ class HashingReader:
             pass
 
 
-class TeeReader:
-    """Passes every decompressed byte read through it on to ``sink`` too (a tar process's
-    stdin), so one decompression feeds both our member check and the extraction."""
-
-    def __init__(self, source, sink: BinaryIO):
-        self.source, self.sink, self.broken = source, sink, False
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.source.read(size)
-        if data and not self.broken:
-            try:
-                self.sink.write(data)
-            except BrokenPipeError:
-                self.broken = True  # the extractor stopped: its exit status says why
-        return data
-
-
-def open_members(raw: BinaryIO, tee: BinaryIO | None = None) -> tuple[HashingReader, tarfile.TarFile]:
-    """A streaming TarFile over the zstd stream of ``raw`` (every frame, in order); with
-    ``tee``, the decompressed tar stream is also written there as it is read."""
+def open_members(raw: BinaryIO) -> tuple[HashingReader, tarfile.TarFile]:
+    """A streaming TarFile over the zstd stream of ``raw`` (every frame, in order)."""
     hashed = HashingReader(raw)
     stream = zstandard.ZstdDecompressor().stream_reader(hashed, read_across_frames=True, read_size=CHUNK)
-    return hashed, tarfile.open(fileobj=TeeReader(stream, tee) if tee else stream, mode="r|", bufsize=CHUNK)
+    return hashed, tarfile.open(fileobj=stream, mode="r|", bufsize=CHUNK)
 
 
 SPECIAL = ("database.sql", "manifest.json")

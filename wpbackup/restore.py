@@ -1,10 +1,9 @@
-r"""Restoring a backup, without touching the live site until everything checked out:
+"""Restoring a backup, without touching the live site until everything checked out:
 
     catalog -> archive (local copy, or downloaded from S3 when missing or damaged)
-      -> one pass: zstd -> [scan]  sha256 + every member checked (absolute paths, '..', links
-                                   leaving the target, devices: the restore stops) + database.sql
-                                   set aside
-                         \-> [tar]   GNU tar -> temporary folder beside the target
+      -> at once: [scan]    sha256 + every member checked (absolute paths, '..', links leaving
+                            the target, devices: the restore stops) + database.sql set aside
+                  [extract] zstd -> GNU tar -> temporary folder beside the target
       -> database.sql loaded with the mariadb/mysql client into --database (after both)
       -> the restored files swapped in; the old ones removed
 
@@ -25,12 +24,11 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import BinaryIO
 
 import zstandard
 
 from . import catalog
-from .children import spawn
+from .children import spawn, tracked
 from .console import Progress, human_bytes, log
 from .errors import BackupError, disk_error
 from .mysql import client_binary, explain, option_file, quote_identifier, run_query
@@ -141,15 +139,14 @@ def _safe_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
     return safe
 
 
-def scan(archive: Path, dest: str, dump_to: Path | None, expected: str | None = None,
-         tee: BinaryIO | None = None) -> tuple[str, dict, int]:
+def scan(archive: Path, dest: str, dump_to: Path | None, expected: str | None = None) -> tuple[str, dict, int]:
     """Read the whole archive once: its sha256, every member checked as extraction would check
     it (plus: nothing may go through a symbolic link), database.sql copied to ``dump_to``.
     Returns (sha256, manifest, number of site files). Raises BackupError on a refused member
     or a broken stream."""
     manifest: dict = {}
     with open(archive, "rb") as raw:
-        hashed, tar = open_members(raw, tee)
+        hashed, tar = open_members(raw)
         try:
             files = _scan_members(tar, dest, dump_to, manifest)
             if not manifest:
@@ -224,33 +221,42 @@ def _check_links(names: list[str], links: dict[str, tuple[bool, str]]) -> None:
                               "restored tree or goes through another link; nothing was changed")
 
 
-def start_extractor(tmp: Path) -> tuple[subprocess.Popen, list[bytes]]:
-    """GNU tar extracting, into ``tmp``, the tar stream that ``scan`` feeds it.
+def extract_files(archive: Path, tmp: Path, stop: threading.Event) -> None:
+    """Extract the site's members into ``tmp`` with GNU tar, fed by our zstd decompression.
 
-    Nothing it writes is trusted yet: GNU tar's own defaults keep it inside ``tmp`` (leading
-    '/' stripped, names with '..' skipped, links out of the tree only as placeholders), and
-    ``tmp`` is swapped in only when the scan of every member passed; else it is removed."""
+    This runs while ``scan`` checks every member, so nothing here is trusted yet: GNU tar's
+    own defaults keep it inside ``tmp`` (it strips leading '/', skips names with '..', and
+    creates links that point out of the tree only as placeholders), and ``tmp`` is swapped in
+    only when the scan passed, else removed. Stops early when ``stop`` is set."""
     argv = ["tar", "-x", "-f", "-", "-C", str(tmp), "--numeric-owner", "--delay-directory-restore",
             "--anchored", "--exclude=database.sql", "--exclude=manifest.json"]
     if os.geteuid() == 0:
         argv += ["--same-owner", "--same-permissions"]
-    proc = spawn(argv, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
-    errors: list[bytes] = []
-    threading.Thread(target=lambda: errors.append(proc.stderr.read()), daemon=True).start()
-    return proc, errors
-
-
-def finish_extractor(proc: subprocess.Popen, errors: list[bytes], keep: bool) -> None:
-    """End tar's input and wait for it; with ``keep``, a failure is an error."""
-    try:
-        proc.stdin.close()
-    except BrokenPipeError:
-        pass
-    if not keep:
-        proc.kill()
-    code = proc.wait()
-    if keep and code != 0:
-        time.sleep(0.05)
+    with open(archive, "rb") as raw, tracked(spawn(argv, stdin=subprocess.PIPE, stderr=subprocess.PIPE)) as proc:
+        errors: list[bytes] = []
+        drain = threading.Thread(target=lambda: errors.append(proc.stderr.read()), daemon=True)
+        drain.start()
+        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, read_size=CHUNK)
+        unreadable = None
+        try:
+            while not stop.is_set() and (chunk := reader.read(CHUNK)):
+                proc.stdin.write(chunk)
+        except BrokenPipeError:
+            pass  # tar stopped reading: its exit status says why
+        except zstandard.ZstdError as exc:
+            unreadable = exc
+        finally:
+            try:
+                proc.stdin.close()  # tar must see the end of its input, whatever happened
+            except BrokenPipeError:
+                pass
+        code = proc.wait()
+        drain.join(timeout=5)
+    if stop.is_set():
+        return
+    if unreadable is not None:
+        raise BackupError(f"{archive.name} is not a readable zstd stream ({unreadable})")
+    if code != 0:
         message = b"".join(errors).decode("utf-8", "replace").strip().splitlines()
         raise BackupError(f"tar could not extract the files: {message[-1] if message else code}")
 
@@ -329,10 +335,9 @@ def restore(settings: Settings, request: Request) -> dict:
     refusal (missing archive, bad checksum, unsafe member, non-empty target), before the
     live files or the database are touched.
 
-    One pass over the archive: the decompressed stream is checked member by member (sha256,
-    names, links) and fed at the same time to GNU tar extracting into the temporary folder;
-    database.sql is set aside. Only when both succeeded is the database loaded, then the
-    files swapped in.
+    Two readers run at once: one extracts the files into the temporary folder, the other
+    checks the checksum and every member and copies database.sql out. Only when both have
+    succeeded is the database loaded, then the files swapped in.
     """
     started = time.monotonic()
     site = request.site
@@ -361,7 +366,16 @@ def restore(settings: Settings, request: Request) -> dict:
     archive = download(settings, source, scratch) if downloaded else local
     tmp = None
     dump = scratch / f"database-{os.getpid()}.sql" if request.db else None
-    extractor = None
+    stop = threading.Event()
+    extraction: dict = {}
+
+    def extract_in_background() -> None:
+        try:
+            extract_files(archive, tmp, stop)
+        except BaseException as exc:  # re-raised in the main thread
+            extraction["error"] = exc
+
+    worker = None
     try:
         while True:
             if request.files:  # beside the target: same filesystem, so the swap is a rename
@@ -369,21 +383,24 @@ def restore(settings: Settings, request: Request) -> dict:
                 tmp = target.parent / f".{target.name}.restore-{os.getpid()}"
                 shutil.rmtree(tmp, ignore_errors=True)
                 tmp.mkdir(mode=0o700)
-                extractor = start_extractor(tmp)
+                worker = threading.Thread(target=extract_in_background, daemon=True)
+                worker.start()
             try:
-                sha256, manifest, files = scan(archive, str(tmp or "/nonexistent-restore-root"), dump, expected,
-                                               extractor[0].stdin if extractor else None)
+                sha256, manifest, files = scan(archive, str(tmp or "/nonexistent-restore-root"), dump, expected)
                 damaged = expected is not None and sha256 != expected
             except UnreadableArchive:
                 damaged = True
-            if extractor:
-                proc, errors = extractor
-                extractor = None
-                finish_extractor(proc, errors, keep=not damaged)
+            except BackupError:
+                stop.set()
+                raise
             if not damaged:
                 break
-            if tmp is not None:
+            stop.set()
+            if worker:
+                worker.join()
                 shutil.rmtree(tmp, ignore_errors=True)
+                stop.clear()
+                extraction.clear()
             if downloaded or not (source.s3_key and settings.s3_enabled):
                 raise BackupError(f"{source.name} does not match its recorded sha256 and no intact copy is "
                                   "available: nothing was changed")
@@ -391,6 +408,11 @@ def restore(settings: Settings, request: Request) -> dict:
             archive, downloaded = download(settings, source, scratch), True
         mode = manifest.get("files", {}).get("mode", "wp-content")
         dropped: list[str] = []
+        if worker:  # the files must be complete before the database is touched
+            worker.join()
+            if "error" in extraction:
+                error = extraction["error"]
+                raise error if isinstance(error, BackupError) else BackupError(f"extraction failed: {error}")
         if db is not None and dump is not None:
             if not dump.exists():
                 raise BackupError(f"{source.name} holds no database.sql: nothing was changed")
@@ -400,15 +422,16 @@ def restore(settings: Settings, request: Request) -> dict:
             load_database(db, dump, scratch)
             if request.force:
                 dropped = drop_tables_not_in(db, set(manifest.get("database", {}).get("tables", {})), scratch)
-        if tmp is not None:
+        if worker:
             os.chmod(tmp, 0o755)
             swap_in(tmp, target, mode)
             tmp = None
     except OSError as exc:
         raise disk_error(Path(exc.filename or scratch), exc) from None
     finally:
-        if extractor:  # a refused member or a failure: stop tar, its folder goes below
-            finish_extractor(*extractor, keep=False)
+        stop.set()
+        if worker:
+            worker.join()
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
         if dump is not None:
