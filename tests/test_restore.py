@@ -227,3 +227,17 @@ def test_damaged_local_copy_falls_back_to_the_intact_s3_copy(install, own_wordpr
     assert "from s3" in _out(result) and "trying the S3 copy" in _out(result)
     rel = site.upload.relative_to(site.path)
     assert (tmp_path / "copy" / rel).read_bytes() == site.upload.read_bytes()
+
+
+def test_whole_root_archive_never_replaces_a_non_empty_folder_without_force(install, wordpress, tmp_path):
+    install.add_site("blog", wordpress, files="all", exclude=["wp-includes", "wp-admin"])
+    result = install.doit("backup")
+    assert result.returncode == 0, _out(result)
+    install.sites[0]["files"] = "wp-content"  # the configuration changed since that backup
+    target = tmp_path / "live"
+    (target / "wp-content").mkdir(parents=True)  # empty wp-content: the usual check passes
+    (target / "index.php").write_text("<?php // the live site")
+    refused = install.doit("restore", "--site", "blog", "--files-only", "--target", str(target))
+    assert refused.returncode != 0 and "holds a whole WordPress root" in _out(refused)
+    assert (target / "index.php").read_text() == "<?php // the live site"
+    assert not list(tmp_path.glob(".live.restore-*"))

@@ -407,6 +407,9 @@ def restore(settings: Settings, request: Request) -> dict:
             log.warning("local copy %s does not match its recorded sha256; trying the S3 copy", local)
             archive, downloaded = download(settings, source, scratch), True
         mode = manifest.get("files", {}).get("mode", "wp-content")
+        if request.files and mode == "all" and site.files != "all" and not request.force and not _is_empty(target):
+            raise BackupError(f"{source.name} holds a whole WordPress root and {target} is not empty: "
+                              "add --force to replace it")
         dropped: list[str] = []
         if worker:  # the files must be complete before the database is touched
             worker.join()
