@@ -10,6 +10,7 @@ or the environment. Errors are turned into one line an operator can act on.
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import os
 import re
@@ -150,12 +151,18 @@ def inspect_tables(db: DbSettings, options: str) -> TableInfo:
     return TableInfo(counts, skipped, version)
 
 
+@functools.cache
+def tool_version(binary: str) -> str:
+    """`BINARY --version`, asked once per process."""
+    return subprocess.run([binary, "--version"], capture_output=True, text=True).stdout.strip()
+
+
 def dump_arguments(binary: str, options: str, db: DbSettings, tables: list[str]) -> list[str]:
     """The dump's argv: consistent, restorable anywhere, no CREATE DATABASE/USE, no secret."""
     argv = [binary, f"--defaults-file={options}", "--single-transaction", "--quick",
             "--routines", "--triggers", "--hex-blob", "--default-character-set=utf8mb4",
             "--no-tablespaces", "--skip-lock-tables", "--max-allowed-packet=1G"]
-    version = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout
+    version = tool_version(binary)
     if "mariadb" not in version.lower():
         argv.append("--set-gtid-purged=OFF")
         if re.search(r"Ver 8\.", version):
@@ -232,5 +239,5 @@ def dump_database(db: DbSettings, target: Path, progress: Callable[[int], None] 
         finally:
             if partial.exists():
                 partial.unlink()
-    tool = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout.strip()
-    return DumpResult(digest.hexdigest(), size, info.tables, info.skipped, info.server_version, tool)
+    return DumpResult(digest.hexdigest(), size, info.tables, info.skipped, info.server_version,
+                      tool_version(binary))

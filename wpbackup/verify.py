@@ -8,14 +8,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
+import shutil
 import tarfile
-from dataclasses import dataclass, field
+import tempfile
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
 
 import zstandard
 
+from .errors import BackupError
+from .mysql import quote_identifier, run_query
 from .reader import CHUNK, is_site_file, open_members, sidecar_sha256
+from .restore import Request, restore
 
 
 @dataclass
@@ -110,15 +116,6 @@ def check_remote(client, bucket: str, key: str, expected_sha256: str | None) -> 
 def restore_test(settings, site, archive_name: str, manifest: dict) -> list[str]:
     """Restore an archive into a scratch database and folder, compare row counts and the file
     count with its manifest, then drop both. Returns the problems found."""
-    import secrets
-    import shutil
-    import tempfile
-    from dataclasses import replace
-
-    from .errors import BackupError
-    from .mysql import quote_identifier, run_query
-    from .restore import Request, restore
-
     scratch_db = f"wpbackup_verify_{secrets.token_hex(4)}"
     (settings.backup_dir / ".work").mkdir(parents=True, exist_ok=True, mode=0o700)
     folder = Path(tempfile.mkdtemp(prefix="wpbackup-verify-", dir=settings.backup_dir / ".work"))
