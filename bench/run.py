@@ -1,6 +1,7 @@
 """Backup benchmark: one command, ratios against baselines measured in the same run.
 
-    python bench/run.py [--size 200M] [--repeat 3] [--skip-restic] [--skip-scale] [--skip-restore]
+    python bench/run.py [--size 200M] [--repeat 3] [--checksum none|crc32]
+                        [--skip-restic] [--skip-scale] [--skip-restore]
 
 It generates a realistic site (bench/sitegen.py) on a throwaway MariaDB, starts moto's S3
 server as its own process, then alternates, round after round, three ways to back it up to S3:
@@ -15,6 +16,11 @@ Then restores of our newest archive into a fresh folder and database, alternatin
   ours    `doit restore --site site --target DIR --database DB --force` (checksum, safe extraction)
   shell   `zstd -dc ARCHIVE | tar -x -C DIR`, then `mariadb DB < DIR/database.sql`
 Medians are printed with the ratios ours/shell and ours/restic (ours/shell for restores).
+
+--checksum picks the S3 checksum settings, the same for ours and the AWS CLI: `none` (default:
+Content-MD5 only, what every S3-compatible provider accepts; ours S3_CHECKSUM=none, the CLI
+with checksums `when_required`) or `crc32` (ours S3_CHECKSUM=crc32, the CLI at its own
+default, CRC32). restic is the same in both.
 """
 
 from __future__ import annotations
@@ -150,6 +156,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="200M", help="site size, e.g. 200M or 2G")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--checksum", choices=("none", "crc32"), default="none",
+                        help="S3 checksum settings for ours and the AWS CLI alike (see above)")
     parser.add_argument("--skip-restic", action="store_true")
     parser.add_argument("--skip-scale", action="store_true")
     parser.add_argument("--skip-restore", action="store_true")
@@ -160,13 +168,14 @@ def main() -> None:
     db = f"127.0.0.1:{mariadb.port}"
     dump_cmd = (f"mariadb-dump --no-defaults -h127.0.0.1 -P{mariadb.port} -ubench -pbenchpass "
                 "--single-transaction --quick --routines --triggers --hex-blob bench")
-    # The CLI gets the checksum settings S3-compatible providers need, the same as ours: left at
-    # its default it sends CRC32 checksums, and moto then skips computing CRC64NVME over the
-    # whole object in pure Python when the multipart upload completes (a moto cost, not S3's).
+    # The CLI gets the same checksum settings as ours. With none declared, moto builds a
+    # whole-object checksum when a multipart upload completes, copying every byte again (a
+    # cost of the test server, not of S3); with CRC32 declared it combines the parts' CRCs.
     aws_env = {**os.environ, "AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET,
-               "AWS_DEFAULT_REGION": "us-east-1", "RESTIC_PASSWORD": "bench",
-               "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
-               "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required"}
+               "AWS_DEFAULT_REGION": "us-east-1", "RESTIC_PASSWORD": "bench"}
+    if args.checksum == "none":
+        aws_env.update(AWS_REQUEST_CHECKSUM_CALCULATION="when_required",
+                       AWS_RESPONSE_CHECKSUM_VALIDATION="when_required")
     rows: dict[str, list[dict]] = {"ours": [], "shell": [], "restic": []}
     try:
         t = time.perf_counter()
@@ -179,7 +188,7 @@ def main() -> None:
         print(f"generated {args.size} in {time.perf_counter() - t:.0f}s (dump {raw_dump / 2**20:.0f} MiB)", flush=True)
         env = make_install(base / "ours", [{"name": "site", "path": str(site)}], {
             "SERVER_ID": "bench", "LOCAL_KEEP": "1", "S3_ENDPOINT_URL": moto.url, "S3_BUCKET": "bench",
-            "S3_ACCESS_KEY_ID": KEY, "S3_SECRET_ACCESS_KEY": SECRET})
+            "S3_ACCESS_KEY_ID": KEY, "S3_SECRET_ACCESS_KEY": SECRET, "S3_CHECKSUM": args.checksum})
         shell_dir = base / "shell"
         for i in range(args.repeat):
             order = ["ours", "shell", "restic"][i % 3:] + ["ours", "shell", "restic"][:i % 3]
@@ -224,7 +233,7 @@ def main() -> None:
         # the machine's limit: zstd -T0 -3 over the same input (files tar + dump), to /dev/null
         limit = measure(["bash", "-c", f"set -o pipefail; ( tar -C {site} -cf - wp-content; {dump_cmd} ) "
                                        "| zstd -q -T0 -3 > /dev/null"])
-        resumed = resume_run(base, site, moto, args.size)
+        resumed = resume_run(base, site, moto, args.checksum)
         scale = None if args.skip_scale else scale_runs(base, mariadb)
     finally:
         moto.stop()
@@ -256,7 +265,7 @@ def restore_runs(base: Path, env: dict, mariadb: MariaDB, repeat: int) -> list[t
     return results
 
 
-def resume_run(base: Path, site: Path, moto: MotoProcess, label: str) -> dict:
+def resume_run(base: Path, site: Path, moto: MotoProcess, checksum: str) -> dict:
     """S3 refuses after 3 parts; then the re-run. What did the re-run redo?"""
     moto.reset()
     proxy = S3Proxy(moto.url)
@@ -264,7 +273,8 @@ def resume_run(base: Path, site: Path, moto: MotoProcess, label: str) -> dict:
     folder = base / "resume"
     env = make_install(folder, [{"name": "site", "path": str(site)}], {
         "SERVER_ID": "bench", "S3_ENDPOINT_URL": proxy.url, "S3_BUCKET": "bench", "S3_ACCESS_KEY_ID": KEY,
-        "S3_SECRET_ACCESS_KEY": SECRET, "S3_MAX_ATTEMPTS": "1", "S3_PART_SIZE_MB": "5"})
+        "S3_SECRET_ACCESS_KEY": SECRET, "S3_MAX_ATTEMPTS": "1", "S3_PART_SIZE_MB": "5",
+        "S3_CHECKSUM": checksum})
     try:
         first = measure(doit("backup"), env=env, check=False)
         proxy.mode = "pass"
@@ -308,7 +318,7 @@ def scale_runs(base: Path, mariadb: MariaDB) -> dict:
 def report(args, rows, size, raw_dump, limit, resumed, scale, restores) -> None:
     med = statistics.median
     print(f"\nmachine: {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM; "
-          f"site {args.size}; moto S3 in its own process; medians of {args.repeat}")
+          f"site {args.size}; moto S3 in its own process; S3 checksum {args.checksum}; medians of {args.repeat}")
     print(f"{'':8}{'wall s':>8}{'cpu s':>8}{'RSS MiB':>9}{'wrote MiB':>11}{'in S3 MiB':>11}")
     medians = {}
     for who, results in rows.items():

@@ -19,6 +19,7 @@ class S3Proxy:
         self.mode = "pass"          # pass | refuse | hang
         self.after_parts = 0        # parts let through before the fault starts
         self.parts_seen = 0
+        self.part_headers: list[tuple[int, dict[str, str]]] = []  # (part number, headers) as received
         self.hanging = threading.Event()
         self.release = threading.Event()
         self.lock = threading.Lock()
@@ -37,6 +38,8 @@ class S3Proxy:
                 fault = False
                 if is_part:
                     with proxy.lock:
+                        number = int(parse_qs(urlsplit(self.path).query)["partNumber"][0])
+                        proxy.part_headers.append((number, {k.lower(): v for k, v in self.headers.items()}))
                         proxy.parts_seen += 1
                         fault = proxy.mode != "pass" and proxy.parts_seen > proxy.after_parts
                 elif proxy.mode == "refuse" and proxy.parts_seen > proxy.after_parts:

@@ -33,10 +33,11 @@ def test_explicit_env_file_must_exist(tmp_path):
 
 def test_every_bad_value_is_reported_at_once(tmp_path):
     env = tmp_path / ".env"
-    env.write_text("SERVER_ID=-bad\nZSTD_LEVEL=99\nSTALE_RUN_HOURS=soon\n")
+    env.write_text("SERVER_ID=-bad\nZSTD_LEVEL=99\nSTALE_RUN_HOURS=soon\nS3_CHECKSUM=sha1\n")
     with pytest.raises(ConfigError) as caught:
         load_settings({"WPBACKUP_ENV": str(env)})
-    assert len(caught.value.problems) == 3
+    assert len(caught.value.problems) == 4
+    assert any("S3_CHECKSUM" in p and "'sha1'" in p and str(env) in p for p in caught.value.problems)
 
 
 @pytest.mark.parametrize("hostname, expected", [

@@ -4,11 +4,13 @@ object, one catalog row, and never a partial file under the final name."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
 import subprocess
 import time
+import zlib
 from pathlib import Path
 
 from .conftest import make_site
@@ -252,3 +254,47 @@ def test_files_part_cut_short_by_a_crash_is_archived_again(install, wordpress, t
     [archive] = install.archives()
     assert archive.name == f"blog-backup-{run.stamp}.tar.zst"
     assert subprocess.run(["tar", "--zstd", "-tf", str(archive)], capture_output=True).returncode == 0
+
+
+def _crc32(data: bytes) -> bytes:
+    return zlib.crc32(data).to_bytes(4, "big")
+
+
+def test_crc32_mode_checks_every_part_and_resumes(install, wordpress, s3, s3_proxy, tmp_path):
+    """S3_CHECKSUM=crc32: every part carries its CRC32, the provider ends up with a composite
+    CRC32 of the whole archive, and a refused upload still resumes from the stored parts."""
+    _setup_upload(install, s3, s3_proxy, wordpress, tmp_path)
+    install.env["S3_CHECKSUM"] = "crc32"
+    s3_proxy.mode, s3_proxy.after_parts = "refuse", 2
+    assert install.doit("backup").returncode != 0
+    s3_proxy.mode = "pass"
+    second = install.doit("backup")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert _count(install, "INFO", "%2 parts resumed%") == 1
+    [archive] = install.archives()
+    data = archive.read_bytes()
+    part = 5 << 20
+    sums = [_crc32(data[i:i + part]) for i in range(0, len(data), part)]
+    assert {n for n, _ in s3_proxy.part_headers} == set(range(1, len(sums) + 1))
+    for number, headers in s3_proxy.part_headers:  # both runs, refused attempts included
+        assert base64.b64decode(headers["x-amz-checksum-crc32"]) == sums[number - 1], number
+    [obj] = _objects(s3)
+    head = s3.s3.head_object(Bucket=s3.bucket, Key=obj["Key"], ChecksumMode="ENABLED")
+    assert head["ChecksumCRC32"].split("-")[0] == base64.b64encode(_crc32(b"".join(sums))).decode()
+
+
+def test_changing_checksum_mode_mid_upload_starts_it_afresh(install, wordpress, s3, s3_proxy, tmp_path):
+    _setup_upload(install, s3, s3_proxy, wordpress, tmp_path)
+    s3_proxy.mode, s3_proxy.after_parts = "refuse", 2
+    assert install.doit("backup").returncode != 0
+    assert len(s3.s3.list_multipart_uploads(Bucket=s3.bucket)["Uploads"]) == 1
+    s3_proxy.mode = "pass"
+    install.env["S3_CHECKSUM"] = "crc32"
+    second = install.doit("backup")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert _count(install, "INFO", "%parts resumed%") == 0
+    assert _count(install, "INFO", "database % dumped%") == 1
+    assert s3.s3.list_multipart_uploads(Bucket=s3.bucket).get("Uploads", []) == []
+    [obj] = _objects(s3)
+    head = s3.s3.head_object(Bucket=s3.bucket, Key=obj["Key"], ChecksumMode="ENABLED")
+    assert "ChecksumCRC32" in head

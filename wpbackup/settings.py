@@ -63,6 +63,7 @@ class Settings:
     keep_monthly: int = 6
     s3_max_attempts: int = 5
     s3_part_size_mb: int = 0
+    s3_checksum: str = "none"
     d1_account_id: str | None = None
     d1_database_id: str | None = None
     d1_api_token: str | None = field(default=None, repr=False)
@@ -164,6 +165,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         keep_monthly=number("KEEP_MONTHLY", 6),
         s3_max_attempts=number("S3_MAX_ATTEMPTS", 5, minimum=1),
         s3_part_size_mb=number("S3_PART_SIZE_MB", 0),
+        s3_checksum=(text("S3_CHECKSUM", "none") or "none").lower(),
         d1_account_id=text("D1_ACCOUNT_ID"),
         d1_database_id=text("D1_DATABASE_ID"),
         d1_api_token=text("D1_API_TOKEN"),
@@ -172,6 +174,8 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     )
     if settings.s3_part_size_mb and settings.s3_part_size_mb < 5:
         problems.append(f"{where}: S3_PART_SIZE_MB: S3 needs parts of at least 5 MiB")
+    if settings.s3_checksum not in ("none", "crc32"):
+        problems.append(f"{where}: S3_CHECKSUM: expected none or crc32, got {values['S3_CHECKSUM']!r}")
     if problems:
         raise ConfigError(problems)
     return settings

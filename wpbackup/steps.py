@@ -279,7 +279,7 @@ def upload_stage(settings: Settings, site: Site, run: Run) -> dict:
             result = upload_archive(
                 client, settings.s3_bucket, key, path, made["sha256"],
                 {"site": site.name, "server-id": settings.server_id}, run.folder / "upload-state.json",
-                storage_class=settings.s3_storage_class,
+                storage_class=settings.s3_storage_class, checksum=settings.s3_checksum,
                 part_size=part_size_for(made["size"], settings.s3_part_size_mb), progress=progress.add)
         except BackupError:
             raise
