@@ -271,6 +271,7 @@ def test_crc32_mode_checks_every_part_and_resumes(install, wordpress, s3, s3_pro
     second = install.doit("backup")
     assert second.returncode == 0, second.stdout + second.stderr
     assert _count(install, "INFO", "%2 parts resumed%") == 1
+    assert _count(install, "INFO", "%verified (crc32)%") == 1  # the provider's CRC, no download
     [archive] = install.archives()
     data = archive.read_bytes()
     part = 5 << 20

@@ -91,9 +91,8 @@ def _md5(data: bytes) -> bytes:
 CHECKSUMS = ("none", "crc32")
 
 
-def _crc32_b64(value: int) -> str:
-    """S3's form of a CRC32: the big-endian 4 bytes, base64."""
-    return base64.b64encode(value.to_bytes(4, "big")).decode()
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
 
 
 @dataclass
@@ -131,15 +130,17 @@ class PartReader:
     def __len__(self) -> int:
         return self.length
 
-    def digests(self, crc: bool = False) -> tuple[bytes, str | None]:
-        """The part's MD5 (for Content-MD5) and, when asked, its CRC32 in S3's form, in one read."""
-        digest, crc32 = hashlib.md5(usedforsecurity=False), 0
+    def digests(self, crc: bool = False) -> tuple[bytes | None, bytes | None]:
+        """The part's MD5 (for Content-MD5) or, in CRC32 mode, its CRC32 (4 bytes), in one read:
+        with CRC32 the provider checks the part itself and MD5, the slowest pass, is skipped."""
+        digest, crc32 = (None, 0) if crc else (hashlib.md5(usedforsecurity=False), None)
         for start in range(0, self.length, MIB):
             chunk = os.pread(self.fd, min(MIB, self.length - start), self.offset + start)
-            digest.update(chunk)
             if crc:
                 crc32 = binascii.crc32(chunk, crc32)
-        return digest.digest(), _crc32_b64(crc32) if crc else None
+            else:
+                digest.update(chunk)
+        return (None, crc32.to_bytes(4, "big")) if crc else (digest.digest(), None)
 
 
 class _State:
@@ -228,10 +229,12 @@ def _existing(client, bucket: str, key: str) -> dict | None:
         raise
 
 
-def verify_object(client, bucket: str, key: str, size: int, sha256: str, etag: str | None) -> str:
-    """Check the stored object: size, our sha256 metadata, and the content itself (through
-    its ETag, or by streaming it back when the provider's ETag is not an MD5)."""
-    head = client.head_object(Bucket=bucket, Key=key)
+def verify_object(client, bucket: str, key: str, size: int, sha256: str, etag: str | None,
+                  crc32: str | None = None) -> str:
+    """Check the stored object: size, our sha256 metadata, and the content itself: through its
+    ETag (an MD5), or the provider's CRC32 of it (``crc32``, base64; S3's composite for a
+    multipart upload), or else by streaming it back and hashing it."""
+    head = client.head_object(Bucket=bucket, Key=key, **({"ChecksumMode": "ENABLED"} if crc32 else {}))
     if head["ContentLength"] != size:
         raise BackupError(f"S3 object {key} has {head['ContentLength']} bytes, expected {size}")
     if head.get("Metadata", {}).get("sha256") != sha256:
@@ -239,6 +242,11 @@ def verify_object(client, bucket: str, key: str, size: int, sha256: str, etag: s
     stored = head.get("ETag", "").strip('"')
     if etag and stored == etag:
         return "etag"
+    stored_crc = head.get("ChecksumCRC32")
+    if crc32 and stored_crc:  # AWS writes a multipart composite as "VALUE-N"
+        if stored_crc.split("-")[0] != crc32:
+            raise BackupError(f"S3 object {key}: the provider's CRC32 does not match the local archive")
+        return "crc32"
     digest = hashlib.sha256()
     body = client.get_object(Bucket=bucket, Key=key)["Body"]
     for chunk in body.iter_chunks(MIB):
@@ -253,9 +261,11 @@ def upload_archive(client, bucket: str, key: str, path: Path, sha256: str, metad
                    checksum: str = "none", progress: Callable[[int], None] | None = None) -> Uploaded:
     """Upload ``path`` to ``key`` (resuming a cut-off multipart upload) and verify it.
 
-    ``checksum="crc32"`` also sends S3's additional checksum (``x-amz-checksum-crc32``) with
-    every request that carries data, for providers that accept it (AWS S3, R2, moto); the
-    default sends Content-MD5 only, which every S3-compatible provider understands."""
+    The default (``checksum="none"``) sends each part with Content-MD5, which every
+    S3-compatible provider checks, and verifies the ETag (MD5 of the part MD5s). With
+    ``checksum="crc32"`` each part carries S3's additional checksum (``x-amz-checksum-crc32``)
+    instead, and the provider's composite CRC32 of the object is verified: for providers that
+    accept these headers (AWS S3), it saves the MD5 pass, the slowest of the hashes."""
     if checksum not in CHECKSUMS:
         raise BackupError(f"unknown S3 checksum mode {checksum!r} (one of {', '.join(CHECKSUMS)})")
     crc = checksum == "crc32"
@@ -273,15 +283,18 @@ def upload_archive(client, bucket: str, key: str, path: Path, sha256: str, metad
     if size <= part_size:
         with open(path, "rb") as handle:
             data = handle.read()
-        md5 = _md5(data)
-        more = {"ChecksumAlgorithm": "CRC32", "ChecksumCRC32": _crc32_b64(binascii.crc32(data))} if crc else {}
-        client.put_object(Bucket=bucket, Key=key, Body=data, ContentMD5=base64.b64encode(md5).decode(),
-                          **more, **extra)
+        if crc:
+            md5, crc32 = None, _b64(binascii.crc32(data).to_bytes(4, "big"))
+            more = {"ChecksumAlgorithm": "CRC32", "ChecksumCRC32": crc32}
+        else:
+            md5, crc32 = _md5(data), None
+            more = {"ContentMD5": _b64(md5)}
+        response = client.put_object(Bucket=bucket, Key=key, Body=data, **more, **extra)
         del data
         if progress:
             progress(size)
-        how = verify_object(client, bucket, key, size, sha256, md5.hex())
-        return Uploaded(key, size, md5.hex(), how, 1)
+        how = verify_object(client, bucket, key, size, sha256, md5.hex() if md5 else None, crc32)
+        return Uploaded(key, size, response.get("ETag", "").strip('"'), how, 1)
 
     state = _State(state_path)
     count = math.ceil(size / part_size)
@@ -331,17 +344,16 @@ def upload_archive(client, bucket: str, key: str, path: Path, sha256: str, metad
         length = min(part_size, size - (number - 1) * part_size)
         body = PartReader(fd, (number - 1) * part_size, length)
         md5, crc32 = body.digests(crc)
-        more = {"ChecksumCRC32": crc32} if crc32 else {}
+        more = {"ChecksumCRC32": _b64(crc32)} if crc32 else {"ContentMD5": _b64(md5)}
         response = client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number,
-                                      Body=body, ContentLength=length, ContentMD5=base64.b64encode(md5).decode(),
-                                      **more)
+                                      Body=body, ContentLength=length, **more)
         etag = response["ETag"].strip('"')
-        if etag != md5.hex() and _MD5_ETAG.match(etag):
+        if md5 and etag != md5.hex() and _MD5_ETAG.match(etag):
             raise BackupError(f"S3 stored part {number} of {key} with another checksum")
         with state.lock:
             state.data["parts"][str(number)] = etag
             if crc32:
-                state.data["crc32"][str(number)] = crc32
+                state.data["crc32"][str(number)] = _b64(crc32)
         state.save()
         if progress:
             progress(length)
@@ -364,8 +376,12 @@ def upload_archive(client, bucket: str, key: str, path: Path, sha256: str, metad
               **({"ChecksumCRC32": state.data["crc32"][str(n)]} if crc else {})} for n in range(1, count + 1)]
     response = client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id,
                                                 MultipartUpload={"Parts": parts})
-    md5s = [bytes.fromhex(p["ETag"].strip('"')) if _MD5_ETAG.match(p["ETag"]) else b"" for p in parts]
-    expected = f"{_md5(b''.join(md5s)).hex()}-{count}" if all(md5s) else None
-    how = verify_object(client, bucket, key, size, sha256, expected)
+    if crc:  # S3's composite: the CRC32 of the parts' CRC32s, in order
+        expected, composite = None, _b64(binascii.crc32(b"".join(
+            base64.b64decode(state.data["crc32"][str(n)]) for n in range(1, count + 1))).to_bytes(4, "big"))
+    else:
+        md5s = [bytes.fromhex(p["ETag"].strip('"')) if _MD5_ETAG.match(p["ETag"]) else b"" for p in parts]
+        expected, composite = (f"{_md5(b''.join(md5s)).hex()}-{count}" if all(md5s) else None), None
+    how = verify_object(client, bucket, key, size, sha256, expected, composite)
     state_path.unlink(missing_ok=True)
     return Uploaded(key, size, response.get("ETag", "").strip('"'), how, count, resumed)
