@@ -18,6 +18,7 @@ import os
 import posixpath
 import re
 import shutil
+import stat
 import subprocess
 import tarfile
 import threading
@@ -58,6 +59,7 @@ class Source:
     s3_bucket: str | None
 
 
+SETID = stat.S_ISUID | stat.S_ISGID
 ARCHIVE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}-backup-\d{8}-\d{6}\.tar\.zst$")
 
 
@@ -139,16 +141,18 @@ def _safe_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
     return safe
 
 
-def scan(archive: Path, dest: str, dump_to: Path | None, expected: str | None = None) -> tuple[str, dict, int]:
+def scan(archive: Path, dest: str, dump_to: Path | None, expected: str | None = None,
+         setid: list[str] | None = None) -> tuple[str, dict, int]:
     """Read the whole archive once: its sha256, every member checked as extraction would check
-    it (plus: nothing may go through a symbolic link), database.sql copied to ``dump_to``.
+    it (plus: nothing may go through a symbolic link), database.sql copied to ``dump_to``, and
+    the regular files carrying set-user/group-ID bits listed in ``setid``.
     Returns (sha256, manifest, number of site files). Raises BackupError on a refused member
     or a broken stream."""
     manifest: dict = {}
     with open(archive, "rb") as raw:
         hashed, tar = open_members(raw)
         try:
-            files = _scan_members(tar, dest, dump_to, manifest)
+            files = _scan_members(tar, dest, dump_to, manifest, setid if setid is not None else [])
             if not manifest:
                 raise BackupError(f"{archive.name} has no manifest.json: not an archive of this tool")
         except (zstandard.ZstdError, tarfile.TarError, EOFError, ValueError, BackupError) as exc:
@@ -163,7 +167,7 @@ def scan(archive: Path, dest: str, dump_to: Path | None, expected: str | None = 
     return hashed.digest.hexdigest(), manifest, files
 
 
-def _scan_members(tar, dest: str, dump_to: Path | None, manifest: dict) -> int:
+def _scan_members(tar, dest: str, dump_to: Path | None, manifest: dict, setid: list[str]) -> int:
     """Check every member, fill ``manifest``, copy database.sql out; the site file count."""
     links: dict[str, tuple[bool, str]] = {}
     names: list[str] = []
@@ -171,6 +175,8 @@ def _scan_members(tar, dest: str, dump_to: Path | None, manifest: dict) -> int:
     for member in tar:
         names.append(member.name.rstrip("/"))
         _safe_filter(member, dest)
+        if member.isfile() and member.mode & SETID:
+            setid.append(member.name)
         if member.issym() or member.islnk():
             links[member.name.rstrip("/")] = (member.issym(), member.linkname)
         files += member.isfile() and member.name not in ("manifest.json", "database.sql")
@@ -259,6 +265,26 @@ def extract_files(archive: Path, tmp: Path, stop: threading.Event) -> None:
     if code != 0:
         message = b"".join(errors).decode("utf-8", "replace").strip().splitlines()
         raise BackupError(f"tar could not extract the files: {message[-1] if message else code}")
+
+
+def strip_setid(tmp: Path, names: list[str]) -> int:
+    """Clear set-user/group-ID bits on the extracted regular files the scan listed.
+
+    Running as root, GNU tar restores modes as archived, and a set-user-ID program in a site's
+    files (planted there by whoever broke into it) would come back as root's. WordPress needs
+    no such file. Folders keep their set-group-ID bit, which some hosts use to share a group.
+    The scan has shown that no name goes through a symbolic link, and lstat checks again."""
+    stripped = 0
+    for name in names:
+        path = tmp / name
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue  # excluded from extraction (database.sql, manifest.json)
+        if stat.S_ISREG(st.st_mode) and st.st_mode & SETID:
+            os.chmod(path, stat.S_IMODE(st.st_mode) & ~SETID)
+            stripped += 1
+    return stripped
 
 
 def load_database(db: DbSettings, dump: Path, options_dir: Path) -> None:
@@ -368,6 +394,8 @@ def restore(settings: Settings, request: Request) -> dict:
     dump = scratch / f"database-{os.getpid()}.sql" if request.db else None
     stop = threading.Event()
     extraction: dict = {}
+    setid: list[str] = []
+    stripped = 0
 
     def extract_in_background() -> None:
         try:
@@ -386,7 +414,9 @@ def restore(settings: Settings, request: Request) -> dict:
                 worker = threading.Thread(target=extract_in_background, daemon=True)
                 worker.start()
             try:
-                sha256, manifest, files = scan(archive, str(tmp or "/nonexistent-restore-root"), dump, expected)
+                setid.clear()
+                sha256, manifest, files = scan(archive, str(tmp or "/nonexistent-restore-root"), dump, expected,
+                                               setid)
                 damaged = expected is not None and sha256 != expected
             except UnreadableArchive:
                 damaged = True
@@ -426,6 +456,10 @@ def restore(settings: Settings, request: Request) -> dict:
             if request.force:
                 dropped = drop_tables_not_in(db, set(manifest.get("database", {}).get("tables", {})), scratch)
         if worker:
+            stripped = strip_setid(tmp, setid)
+            if stripped:
+                log.warning("%s: cleared set-user/group-ID bits on %d restored file(s), e.g. %s",
+                            site.name, stripped, setid[0])
             os.chmod(tmp, 0o755)
             swap_in(tmp, target, mode)
             tmp = None
@@ -447,5 +481,6 @@ def restore(settings: Settings, request: Request) -> dict:
         "files": files if request.files else None,
         "target": str(target) if request.files else None,
         "database": db.name if db else None, "tables": len(manifest.get("database", {}).get("tables", {})),
-        "dropped_tables": dropped, "seconds": round(time.monotonic() - started, 1), "size": human_bytes(size),
+        "dropped_tables": dropped, "setid_cleared": stripped,
+        "seconds": round(time.monotonic() - started, 1), "size": human_bytes(size),
     }
