@@ -30,10 +30,10 @@ def _site(name: str):
     return known[name]
 
 
-def _record(status: str, site: str | None, message: str) -> None:
+def _record(status: str, site: str | None, message: str, archive_name: str | None = None) -> None:
     try:
         catalog.log_event(CONTEXT.settings.db_path, status, message, site=site,
-                          server_id=CONTEXT.settings.server_id)
+                          server_id=CONTEXT.settings.server_id, archive_name=archive_name)
     except Exception as exc:  # the operator still sees the message
         log.error("could not record in the catalog: %s", exc)
 
@@ -58,6 +58,8 @@ def restore_action(site, archive, target, database, db_only, files_only, force):
         parts.append(f"database {summary['database']} ({summary['tables']} tables)")
     message = (f"restored {summary['archive']} ({summary['size']}, from {summary['from']}): "
                f"{' and '.join(parts)} in {summary['seconds']}s")
+    if summary.get("setid_cleared"):
+        message += f"; set-user/group-ID bits cleared on {summary['setid_cleared']} file(s)"
     if summary["dropped_tables"]:
         message += f"; dropped tables not in the backup: {', '.join(summary['dropped_tables'])}"
     _record("INFO", chosen.name, message)
@@ -100,7 +102,7 @@ def verify_action(site, all_, remote, restore_test_):
                 failures += 1
                 message = (f"verify failed: {row['archive_name']}: no copy to check (none on this disk"
                            f"{'' if remote else '; --remote checks the S3 copy'})")
-                _record("ERROR", chosen.name, message)
+                _record("ERROR", chosen.name, message, row["archive_name"])
                 print(f"{chosen.name}: {message}")
                 continue
             problems = [f"{c.where}: {p}" for c in checks for p in c.problems]
@@ -111,14 +113,14 @@ def verify_action(site, all_, remote, restore_test_):
             if problems:
                 failures += 1
                 message = f"verify failed: {row['archive_name']}: " + "; ".join(problems)
-                _record("ERROR", chosen.name, message)
+                _record("ERROR", chosen.name, message, row["archive_name"])
             else:
                 what = ", ".join(c.where.split(":")[0] for c in checks)
                 extra = ", restore test" if restore_test_ and row is rows[0] else ""
                 tables = len((manifest or {}).get("database", {}).get("tables", {}))
                 message = (f"verify OK: {row['archive_name']} ({what}: sha256, zstd+tar, manifest{extra}; "
                            f"{checks[0].files} files, {tables} tables)")
-                _record("INFO", chosen.name, message)
+                _record("INFO", chosen.name, message, row["archive_name"])
             print(f"{chosen.name}: {message}")
     return TaskFailed(f"{failures} archive check(s) failed") if failures else True
 

@@ -90,3 +90,40 @@ def test_local_keep_applies_only_to_archives_with_a_verified_s3_copy(install, s3
     result = install.doit("prune")
     assert result.returncode == 0, result.stdout + result.stderr
     assert sorted(p.name for p in install.backup_dir.glob("*.tar.zst")) == names[2:]
+
+
+def test_an_s3_copy_that_failed_verify_fills_no_retention_slot(install, s3):
+    """KEEP_DAILY=3 over six days: the copies of day 6 and day 3 failed `verify --remote`, so
+    the policy keeps three intact ones (5, 4, 2) and the damaged newest, and drops 3 and 1.
+    A local-only failure (day 4) and a failure since passed again (day 5) are not damage."""
+    install.use_s3(s3)
+    install.env.update(KEEP_DAILY="3", KEEP_WEEKLY="0", KEEP_MONTHLY="0")
+    install.write()
+    names = {d: f"blog-backup-2026110{d}-030000.tar.zst" for d in range(1, 7)}
+    for day, name in names.items():
+        key = f"web-1/2026/11/0{day}/{name}"
+        s3.s3.put_object(Bucket=s3.bucket, Key=key, Body=b"x")
+        catalog.record_upload(install.db_path, key=key, endpoint=s3.url, bucket=s3.bucket, size=1,
+                              sha256="0" * 64, site="blog", server_id="web-1", stamp=name[12:27],
+                              archive_name=name, uploaded_at="2026-11-07 00:00:00")
+
+    def verify(day: int, status: str, details: str, server: str = "web-1") -> None:
+        catalog.log_event(install.db_path, status, details.format(name=names[day], bucket=s3.bucket),
+                          site="blog", server_id=server, archive_name=names[day])
+
+    broken = "verify failed: {name}: s3://{bucket}/web-1/x/{name}: sha256 differs from the recorded"
+    verify(6, "ERROR", broken)
+    verify(5, "ERROR", broken)
+    verify(5, "INFO", "verify OK: {name} (local, s3: sha256, zstd+tar, manifest; 3 files, 12 tables)")
+    verify(4, "ERROR", "verify failed: {name}: local: /b/{name}: sha256 differs from {name}.sha256")
+    verify(3, "ERROR", broken)
+    verify(2, "ERROR", broken, server="web-2")  # another server's verdict on its own copy
+    assert catalog.failed_s3_verifications(install.db_path, "web-1") == {names[6], names[3]}
+
+    dry = install.doit("prune", "--dry-run")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert "S3 copy failed verify" in dry.stdout
+    result = install.doit("prune")
+    assert result.returncode == 0, result.stdout + result.stderr
+    left = {o["Key"].rsplit("/", 1)[1] for o in s3.s3.list_objects_v2(Bucket=s3.bucket)["Contents"]}
+    assert left == {names[6], names[5], names[4], names[2]}

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
+import stat
 import subprocess
 import tarfile
 import uuid
@@ -14,6 +16,7 @@ import zstandard
 
 from wpbackup import catalog
 
+from .conftest import make_site
 from .servers import WordPress
 
 
@@ -171,6 +174,7 @@ def test_corrupted_archive_is_reported_by_verify_and_refused_by_restore(install,
     s3.s3.put_object(Bucket=s3.bucket, Key=row["filename"], Body=bytes(data), Metadata=head["Metadata"])
     remote = install.doit("verify", "--remote")
     assert remote.returncode != 0 and f"s3://{s3.bucket}/" in _out(remote)
+    assert catalog.failed_s3_verifications(install.db_path, "web-1") == {archive.name}  # prune reads this
     before = site.read()
     restored = install.doit("restore", "--site", "blog", "--force")
     assert restored.returncode != 0
@@ -241,3 +245,30 @@ def test_whole_root_archive_never_replaces_a_non_empty_folder_without_force(inst
     assert refused.returncode != 0 and "holds a whole WordPress root" in _out(refused)
     assert (target / "index.php").read_text() == "<?php // the live site"
     assert not list(tmp_path.glob(".live.restore-*"))
+
+
+def test_set_id_bits_are_cleared_on_restored_files_but_folders_keep_theirs(install, wordpress, tmp_path):
+    """A set-user-ID program planted in a hacked site must not come back with the bit set (as
+    root, tar would restore it with its owner); a folder's set-group-ID bit is a host's choice
+    and stays. Other mode bits come back as archived."""
+    root = make_site(tmp_path, wordpress)
+    shared = root / "wp-content" / "uploads" / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o2775)
+    planted = root / "wp-content" / "uploads" / "planted"
+    planted.write_bytes(b"#!/bin/sh\nid\n")
+    os.chmod(planted, 0o6755)
+    script = root / "wp-content" / "uploads" / "tool.sh"
+    script.write_text("echo ok\n")
+    os.chmod(script, 0o750)
+    install.sites.append({"name": "blog", "path": str(root)})
+    assert install.doit("backup").returncode == 0
+    target = tmp_path / "back"
+    result = install.doit("restore", "--site", "blog", "--files-only", "--target", str(target))
+    assert result.returncode == 0, _out(result)
+    assert "set-user/group-ID bits cleared on 1 file" in _out(result)
+    uploads = target / "wp-content" / "uploads"
+    assert stat.S_IMODE((uploads / "planted").stat().st_mode) == 0o755
+    assert stat.S_IMODE((uploads / "tool.sh").stat().st_mode) == 0o750
+    if os.geteuid() == 0:  # only root restores archived modes as they are
+        assert stat.S_IMODE((uploads / "shared").stat().st_mode) == 0o2775

@@ -8,6 +8,7 @@ The schema version lives in ``PRAGMA user_version`` and old files migrate forwar
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import uuid
 from contextlib import closing
@@ -129,6 +130,31 @@ def uploaded_archives(path: Path, server_id: str, site: str) -> set[str]:
             (server_id, site),
         ).fetchall()
     return {row[0] for row in rows}
+
+
+_VERIFY_OK = re.compile(r"^verify OK: \S+ \(([^:]*):")
+
+
+def failed_s3_verifications(path: Path, server_id: str) -> set[str]:
+    """Archive names whose S3 copy failed the latest `doit verify --remote` that checked it.
+
+    Read from this server's verify lines (``archive_name`` set): a failure names the copy as
+    ``s3://...``, a pass lists ``s3`` among the copies it checked. Prune uses this so that a
+    damaged copy does not take the place of an intact one."""
+    if not path.exists():
+        return set()
+    with closing(connect(path)) as conn:
+        rows = conn.execute(
+            "SELECT archive_name, status, details FROM backup_log WHERE server_id = ? AND archive_name IS NOT NULL "
+            "AND (details LIKE 'verify failed: %' OR details LIKE 'verify OK: %') ORDER BY id", (server_id,),
+        ).fetchall()
+    failed: dict[str, bool] = {}
+    for name, status, details in rows:
+        if status == "ERROR" and "s3://" in details:
+            failed[name] = True
+        elif status == "INFO" and (ok := _VERIFY_OK.match(details)) and "s3" in ok.group(1).split(", "):
+            failed[name] = False
+    return {name for name, bad in failed.items() if bad}
 
 
 def successes(path: Path, site: str) -> list[sqlite3.Row]:

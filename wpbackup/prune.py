@@ -4,7 +4,9 @@
       -> deleted_at in the catalog, INFO lines (both synced to D1)
 
 Never touched: another server's objects, objects the catalog does not know (reported), the
-newest archive of a site.
+newest archive of a site. An archive whose S3 copy failed its latest `doit verify --remote`
+fills no daily/weekly/monthly slot, so the policy still keeps as many intact archives as it
+promises; the damaged one itself goes only where the plain policy would drop it anyway.
 """
 
 from __future__ import annotations
@@ -47,19 +49,31 @@ def server_prefix(settings: Settings) -> str:
     return "/".join(p for p in (settings.s3_prefix, settings.server_id) if p) + "/"
 
 
+def _reasons(stamps: dict[str, sqlite3.Row], damaged: set[str], *keep: int) -> dict[str, list[str]]:
+    """GFS over the intact archives, plus the damaged ones the plain policy would keep."""
+    intact = [stamp for stamp, row in stamps.items() if row["archive_name"] not in damaged]
+    reasons = keep_reasons(intact, *keep)
+    if len(intact) < len(stamps):
+        for stamp, why in keep_reasons(stamps, *keep).items():
+            if stamp not in reasons:
+                reasons[stamp] = [*why, "S3 copy failed verify"]
+    return reasons
+
+
 def plan(settings: Settings, keep_daily: int, keep_weekly: int, keep_monthly: int, client=None,
          local_excess=None) -> Plan:
     """Decide what goes, without changing anything."""
     sites: dict[str, SitePlan] = {}
     known: set[str] = set()
     if settings.s3_enabled:
+        damaged = catalog.failed_s3_verifications(settings.db_path, settings.server_id)
         by_site: dict[str, list[sqlite3.Row]] = {}
         for row in _live_rows(settings):
             by_site.setdefault(row["site_name"], []).append(row)
             known.add(row["filename"])
         for site, rows in by_site.items():
             stamps = {row["run_stamp"] or row["archive_name"].rsplit("-backup-", 1)[1][:15]: row for row in rows}
-            reasons = keep_reasons(stamps, keep_daily, keep_weekly, keep_monthly)
+            reasons = _reasons(stamps, damaged, keep_daily, keep_weekly, keep_monthly)
             entry = sites.setdefault(site, SitePlan(site))
             for stamp, row in sorted(stamps.items()):
                 if stamp in reasons:
