@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import shutil
 import statistics
@@ -202,6 +203,8 @@ def main() -> None:
                     archive = max((base / "ours" / "backups").glob("*.tar.zst"))
                     result["stored"] = moto.stored("bench/")
                     result["archive"] = archive.stat().st_size
+                    joined = re.search(r"\(([\d.]+)s of it the provider joining the parts\)", result["output"])
+                    result["assembly"] = float(joined.group(1)) if joined else 0.0
                 elif who == "shell":
                     shutil.rmtree(shell_dir, ignore_errors=True)
                     shell_dir.mkdir()
@@ -329,6 +332,10 @@ def report(args, rows, size, raw_dump, limit, resumed, scale, restores) -> None:
         print(f"{who:8}{m['wall']:8.2f}{m['cpu']:8.2f}{m['rss'] / 2**20:9.0f}{m['written'] / 2**20:11.0f}"
               f"{m['stored'] / 2**20:11.1f}")
     ours = medians["ours"]
+    assembly = med(r.get("assembly", 0.0) for r in rows["ours"])
+    if assembly:
+        print(f"ours: the S3 server took {assembly:.2f}s (median) to join the parts (CompleteMultipartUpload); "
+              f"ours without it {ours['wall'] - assembly:.2f}s")
     for other in ("shell", "restic"):
         if other in medians:
             print(f"ours/{other}: wall {ours['wall'] / medians[other]['wall']:.2f}, "

@@ -18,6 +18,7 @@ import math
 import os
 import re
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -103,6 +104,7 @@ class Uploaded:
     verified_by: str
     parts: int
     resumed_parts: int = 0
+    assembly_seconds: float = 0.0  # CompleteMultipartUpload: the provider joining the parts
 
 
 class PartReader:
@@ -374,8 +376,10 @@ def upload_archive(client, bucket: str, key: str, path: Path, sha256: str, metad
         os.close(fd)
     parts = [{"PartNumber": n, "ETag": f'"{state.data["parts"][str(n)]}"',
               **({"ChecksumCRC32": state.data["crc32"][str(n)]} if crc else {})} for n in range(1, count + 1)]
+    assembling = time.monotonic()
     response = client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id,
                                                 MultipartUpload={"Parts": parts})
+    assembled = time.monotonic() - assembling
     if crc:  # S3's composite: the CRC32 of the parts' CRC32s, in order
         expected, composite = None, _b64(binascii.crc32(b"".join(
             base64.b64decode(state.data["crc32"][str(n)]) for n in range(1, count + 1))).to_bytes(4, "big"))
@@ -384,4 +388,4 @@ def upload_archive(client, bucket: str, key: str, path: Path, sha256: str, metad
         expected, composite = (f"{_md5(b''.join(md5s)).hex()}-{count}" if all(md5s) else None), None
     how = verify_object(client, bucket, key, size, sha256, expected, composite)
     state_path.unlink(missing_ok=True)
-    return Uploaded(key, size, response.get("ETag", "").strip('"'), how, count, resumed)
+    return Uploaded(key, size, response.get("ETag", "").strip('"'), how, count, resumed, round(assembled, 2))

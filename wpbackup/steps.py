@@ -291,10 +291,13 @@ def upload_stage(settings: Settings, site: Site, run: Run) -> dict:
             "size": result.size, "sha256": made["sha256"], "etag": result.etag,
             "verified_by": result.verified_by, "parts": result.parts, "resumed_parts": result.resumed_parts,
             "uploaded_at": uploaded_at, "seconds": round(progress.elapsed, 2),
+            "assembly_seconds": result.assembly_seconds,
         })
         resumed = f", {result.resumed_parts} parts resumed" if result.resumed_parts else ""
+        slow = (f" ({result.assembly_seconds:.1f}s of it the provider joining the parts)"
+                if result.assembly_seconds >= 1 else "")
         _info(settings, site, run, f"uploaded to s3://{settings.s3_bucket}/{key} and verified "
-                                   f"({result.verified_by}){resumed} in {progress.elapsed:.1f}s")
+                                   f"({result.verified_by}){resumed} in {progress.elapsed:.1f}s{slow}")
         return receipt
     return guarded("upload", settings, site, run, work)
 
