@@ -100,9 +100,14 @@ def measure(argv, env=None, cwd=None, check=True) -> dict:
 
 
 class MotoProcess:
+    """moto's S3 server as its own process, on a port that stays the same across restarts."""
+
     def __init__(self):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.start()
+
+    def start(self) -> None:
         beside = Path(sys.executable).parent / "moto_server"  # the venv's, when run from it
         server = str(beside) if beside.exists() else "moto_server"
         self.proc = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(self.port)],
@@ -117,18 +122,19 @@ class MotoProcess:
                 time.sleep(0.05)
         raise SystemExit("moto_server did not start")
 
+    def fresh(self) -> None:
+        """A new server process with an empty bucket: no contender inherits the memory and
+        the spooled files of the one before (the order of runs showed through otherwise)."""
+        self.stop()
+        self.start()
+        self.client().create_bucket(Bucket="bench")
+
     def client(self):
         import boto3
         from botocore.config import Config
 
         return boto3.client("s3", endpoint_url=self.url, region_name="us-east-1", aws_access_key_id=KEY,
                             aws_secret_access_key=SECRET, config=Config(s3={"addressing_style": "path"}))
-
-    def reset(self) -> None:
-        import urllib.request
-
-        urllib.request.urlopen(urllib.request.Request(f"{self.url}/moto-api/reset", method="POST")).read()
-        self.client().create_bucket(Bucket="bench")
 
     def stored(self, prefix: str) -> int:
         pages = self.client().get_paginator("list_objects_v2").paginate(Bucket="bench", Prefix=prefix)
@@ -196,7 +202,7 @@ def main() -> None:
             for who in order:
                 if who == "restic" and args.skip_restic:
                     continue
-                moto.reset()
+                moto.fresh()
                 subprocess.run("sync", shell=True)
                 if who == "ours":
                     result = measure(doit("backup"), env=env)
@@ -270,7 +276,7 @@ def restore_runs(base: Path, env: dict, mariadb: MariaDB, repeat: int) -> list[t
 
 def resume_run(base: Path, site: Path, moto: MotoProcess, checksum: str) -> dict:
     """S3 refuses after 3 parts; then the re-run. What did the re-run redo?"""
-    moto.reset()
+    moto.fresh()
     proxy = S3Proxy(moto.url)
     proxy.mode, proxy.after_parts = "refuse", 3
     folder = base / "resume"
