@@ -118,6 +118,8 @@ def test_an_s3_copy_that_failed_verify_fills_no_retention_slot(install, s3):
     verify(4, "ERROR", "verify failed: {name}: local: /b/{name}: sha256 differs from {name}.sha256")
     verify(3, "ERROR", broken)
     verify(2, "ERROR", broken, server="web-2")  # another server's verdict on its own copy
+    verify(1, "ERROR", "verify failed: {name}: s3://{bucket}/web-1/x/{name}: cannot read the S3 copy: "
+                       "S3 unreachable at http://s3.test bucket b: timed out")  # no evidence of damage
     assert catalog.failed_s3_verifications(install.db_path, "web-1") == {names[6], names[3]}
 
     dry = install.doit("prune", "--dry-run")
@@ -127,3 +129,24 @@ def test_an_s3_copy_that_failed_verify_fills_no_retention_slot(install, s3):
     assert result.returncode == 0, result.stdout + result.stderr
     left = {o["Key"].rsplit("/", 1)[1] for o in s3.s3.list_objects_v2(Bucket=s3.bucket)["Contents"]}
     assert left == {names[6], names[5], names[4], names[2]}
+
+
+def test_local_keep_keeps_the_local_copy_when_the_s3_copy_failed_verify(install, s3):
+    install.use_s3(s3)
+    install.env["LOCAL_KEEP"] = "1"
+    install.write()
+    install.backup_dir.mkdir()
+    names = [f"blog-backup-2026110{d}-030000.tar.zst" for d in range(1, 4)]
+    for name in names:
+        (install.backup_dir / name).write_bytes(b"x")
+        catalog.record_upload(install.db_path, key=f"web-1/x/{name}", endpoint=None, bucket=s3.bucket, size=1,
+                              sha256="0" * 64, site="blog", server_id="web-1", stamp=name[12:27], archive_name=name,
+                              uploaded_at="2026-11-05 00:00:00")
+    catalog.log_event(install.db_path, "ERROR", f"verify failed: {names[0]}: s3://{s3.bucket}/web-1/x/{names[0]}: "
+                      "sha256 differs from the recorded", site="blog", server_id="web-1", archive_name=names[0])
+    result = install.doit("prune", "--dry-run")
+    assert result.returncode == 0, result.stdout + result.stderr
+    result = install.doit("prune")
+    assert result.returncode == 0, result.stdout + result.stderr
+    # names[1] had an intact S3 copy and goes; names[0] may be the only good copy left
+    assert sorted(p.name for p in install.backup_dir.glob("*.tar.zst")) == [names[0], names[2]]

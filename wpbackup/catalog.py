@@ -139,8 +139,9 @@ def failed_s3_verifications(path: Path, server_id: str) -> set[str]:
     """Archive names whose S3 copy failed the latest `doit verify --remote` that checked it.
 
     Read from this server's verify lines (``archive_name`` set): a failure names the copy as
-    ``s3://...``, a pass lists ``s3`` among the copies it checked. Prune uses this so that a
-    damaged copy does not take the place of an intact one."""
+    ``s3://...`` (a copy that could not be read at all is no evidence of damage), a pass lists
+    ``s3`` among the copies it checked. Prune uses this so that a damaged copy does not take
+    the place of an intact one, nor let the local copy go."""
     if not path.exists():
         return set()
     with closing(connect(path)) as conn:
@@ -150,7 +151,8 @@ def failed_s3_verifications(path: Path, server_id: str) -> set[str]:
         ).fetchall()
     failed: dict[str, bool] = {}
     for name, status, details in rows:
-        if status == "ERROR" and "s3://" in details:
+        if status == "ERROR" and any("s3://" in part and "cannot read the S3 copy" not in part
+                                     for part in details.split("; ")):
             failed[name] = True
         elif status == "INFO" and (ok := _VERIFY_OK.match(details)) and "s3" in ok.group(1).split(", "):
             failed[name] = False

@@ -279,7 +279,7 @@ def strip_setid(tmp: Path, names: list[str]) -> int:
         path = tmp / name
         try:
             st = os.lstat(path)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             continue  # excluded from extraction (database.sql, manifest.json)
         if stat.S_ISREG(st.st_mode) and st.st_mode & SETID:
             os.chmod(path, stat.S_IMODE(st.st_mode) & ~SETID)
@@ -446,6 +446,10 @@ def restore(settings: Settings, request: Request) -> dict:
             if "error" in extraction:
                 error = extraction["error"]
                 raise error if isinstance(error, BackupError) else BackupError(f"extraction failed: {error}")
+            stripped = strip_setid(tmp, setid)  # before the database is touched: it may fail
+            if stripped:
+                log.warning("%s: cleared set-user/group-ID bits on %d restored file(s), e.g. %s",
+                            site.name, stripped, setid[0])
         if db is not None and dump is not None:
             if not dump.exists():
                 raise BackupError(f"{source.name} holds no database.sql: nothing was changed")
@@ -456,10 +460,6 @@ def restore(settings: Settings, request: Request) -> dict:
             if request.force:
                 dropped = drop_tables_not_in(db, set(manifest.get("database", {}).get("tables", {})), scratch)
         if worker:
-            stripped = strip_setid(tmp, setid)
-            if stripped:
-                log.warning("%s: cleared set-user/group-ID bits on %d restored file(s), e.g. %s",
-                            site.name, stripped, setid[0])
             os.chmod(tmp, 0o755)
             swap_in(tmp, target, mode)
             tmp = None

@@ -304,11 +304,13 @@ def upload_stage(settings: Settings, site: Site, run: Run) -> dict:
 
 def local_excess(settings: Settings, site_name: str) -> list[str]:
     """Local archives of a site beyond the newest LOCAL_KEEP that may go: those with a
-    verified S3 copy (in local-only mode, LOCAL_KEEP is the retention itself)."""
+    verified S3 copy that no later `verify --remote` found damaged (in local-only mode,
+    LOCAL_KEEP is the retention itself)."""
     pattern = re.compile(re.escape(site_name) + r"-backup-\d{8}-\d{6}\.tar\.zst")
     names = sorted(p.name for p in settings.backup_dir.glob(f"{site_name}-backup-*.tar.zst")
                    if pattern.fullmatch(p.name))
     uploaded = catalog.uploaded_archives(settings.db_path, settings.server_id, site_name)
+    uploaded -= catalog.failed_s3_verifications(settings.db_path, settings.server_id)  # maybe the only good copy
     return [name for name in names[:-settings.local_keep]
             if not settings.s3_enabled or name in uploaded]
 
