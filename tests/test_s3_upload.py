@@ -6,11 +6,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import zlib
+from pathlib import Path
 
 import pytest
 
 from wpbackup.errors import BackupError
-from wpbackup.s3 import upload_archive, verify_object
+from wpbackup.s3 import make_client, upload_archive, verify_object
+from wpbackup.settings import Settings
 
 
 def _archive(tmp_path, size: int = 3000):
@@ -46,3 +48,42 @@ def test_a_crc32_the_provider_disagrees_with_fails_verification(s3, tmp_path):
     wrong = base64.b64encode((zlib.crc32(path.read_bytes()) ^ 1).to_bytes(4, "big")).decode()
     with pytest.raises(BackupError, match="CRC32 does not match"):
         verify_object(s3.s3, s3.bucket, "k/a.tar.zst", path.stat().st_size, sha, None, wrong)
+
+
+@pytest.mark.parametrize("endpoint, mode, unsigned", [
+    ("https://s3.example.test", "crc32", True), (None, "crc32", True),
+    ("http://127.0.0.1:9000", "crc32", False), ("https://s3.example.test", "none", False),
+])
+def test_crc32_over_https_skips_the_payload_sha256(endpoint, mode, unsigned):
+    """Over HTTPS botocore signs the body (another full read and SHA-256) unless Content-MD5 is
+    sent; in CRC32 mode the signed CRC32 header covers the body instead."""
+    here = Path("/nonexistent")
+    settings = Settings(env_path=here / ".env", server_id="web-1", sites_file=here / "sites.json",
+                        db_path=here / "backups.db", backup_dir=here / "backups", s3_endpoint_url=endpoint,
+                        s3_checksum=mode)
+    client = make_client(settings)
+    assert (client.meta.config.s3 or {}).get("payload_signing_enabled") is (False if unsigned else None)
+
+
+def test_a_full_object_crc_is_not_taken_for_the_composite(s3, tmp_path):
+    """A provider that keeps a whole-object CRC32 for a multipart upload: the composite we
+    computed cannot be compared with it, so the object is checked by download instead."""
+    data = bytes(range(256)) * (5 * 4096) + b"tail"
+    part = 5 << 20
+    key = "k/full.tar.zst"
+    sha = hashlib.sha256(data).hexdigest()
+    upload = s3.s3.create_multipart_upload(Bucket=s3.bucket, Key=key, Metadata={"sha256": sha},
+                                           ChecksumAlgorithm="CRC32", ChecksumType="FULL_OBJECT")["UploadId"]
+    parts = []
+    for number, start in enumerate(range(0, len(data), part), 1):
+        chunk = data[start:start + part]
+        crc = base64.b64encode(zlib.crc32(chunk).to_bytes(4, "big")).decode()
+        done = s3.s3.upload_part(Bucket=s3.bucket, Key=key, UploadId=upload, PartNumber=number, Body=chunk,
+                                 ChecksumCRC32=crc)
+        parts.append({"PartNumber": number, "ETag": done["ETag"], "ChecksumCRC32": crc})
+    s3.s3.complete_multipart_upload(Bucket=s3.bucket, Key=key, UploadId=upload, MultipartUpload={"Parts": parts})
+    head = s3.s3.head_object(Bucket=s3.bucket, Key=key, ChecksumMode="ENABLED")
+    assert head.get("ChecksumType") == "FULL_OBJECT"
+    composite = base64.b64encode(zlib.crc32(b"".join(base64.b64decode(p["ChecksumCRC32"]) for p in parts))
+                                 .to_bytes(4, "big")).decode()
+    assert verify_object(s3.s3, s3.bucket, key, len(data), sha, None, composite, composite=True) == "download"

@@ -38,6 +38,11 @@ CONCURRENCY = 8  # parts are streamed from the file, so this costs sockets, not 
 _MD5_ETAG = re.compile(r'^"?([0-9a-f]{32})(?:-(\d+))?"?$')
 
 
+def _https_crc32(settings) -> bool:
+    endpoint = settings.s3_endpoint_url or "https://"
+    return getattr(settings, "s3_checksum", "none") == "crc32" and endpoint.lower().startswith("https://")
+
+
 def make_client(settings):
     """A boto3 S3 client that works with S3-compatible providers (checksums when required)."""
     config = Config(
@@ -45,7 +50,10 @@ def make_client(settings):
         retries={"max_attempts": settings.s3_max_attempts, "mode": "standard"},
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
-        s3={"addressing_style": "path" if settings.s3_endpoint_url else "auto"},
+        s3={"addressing_style": "path" if settings.s3_endpoint_url else "auto",
+            # botocore leaves the payload unsigned over HTTPS only when Content-MD5 is sent; with
+            # S3_CHECKSUM=crc32 the signed CRC32 header covers the body, so skip that SHA-256 pass.
+            **({"payload_signing_enabled": False} if _https_crc32(settings) else {})},
         connect_timeout=10,
         read_timeout=120,
     )
@@ -232,7 +240,7 @@ def _existing(client, bucket: str, key: str) -> dict | None:
 
 
 def verify_object(client, bucket: str, key: str, size: int, sha256: str, etag: str | None,
-                  crc32: str | None = None) -> str:
+                  crc32: str | None = None, composite: bool = False) -> str:
     """Check the stored object: size, our sha256 metadata, and the content itself: through its
     ETag (an MD5), or the provider's CRC32 of it (``crc32``, base64; S3's composite for a
     multipart upload), or else by streaming it back and hashing it."""
@@ -245,6 +253,8 @@ def verify_object(client, bucket: str, key: str, size: int, sha256: str, etag: s
     if etag and stored == etag:
         return "etag"
     stored_crc = head.get("ChecksumCRC32")
+    if composite and head.get("ChecksumType") == "FULL_OBJECT":
+        stored_crc = None  # not the composite we can compute from the parts: check by download
     if crc32 and stored_crc:  # AWS writes a multipart composite as "VALUE-N"
         if stored_crc.split("-")[0] != crc32:
             raise BackupError(f"S3 object {key}: the provider's CRC32 does not match the local archive")
@@ -324,7 +334,7 @@ def upload_archive(client, bucket: str, key: str, path: Path, sha256: str, metad
         if other["Key"] == key and other["UploadId"] != upload_id:
             abort_upload(client, bucket, key, other["UploadId"])
     if not upload_id:
-        algorithm = {"ChecksumAlgorithm": "CRC32"} if crc else {}
+        algorithm = {"ChecksumAlgorithm": "CRC32", "ChecksumType": "COMPOSITE"} if crc else {}
         upload_id = client.create_multipart_upload(Bucket=bucket, Key=key, **algorithm, **extra)["UploadId"]
         done = {}
     sums = state.data.get("crc32", {}) if crc else {}
@@ -381,11 +391,11 @@ def upload_archive(client, bucket: str, key: str, path: Path, sha256: str, metad
                                                 MultipartUpload={"Parts": parts})
     assembled = time.monotonic() - assembling
     if crc:  # S3's composite: the CRC32 of the parts' CRC32s, in order
-        expected, composite = None, _b64(binascii.crc32(b"".join(
+        expected, crc_expected = None, _b64(binascii.crc32(b"".join(
             base64.b64decode(state.data["crc32"][str(n)]) for n in range(1, count + 1))).to_bytes(4, "big"))
     else:
         md5s = [bytes.fromhex(p["ETag"].strip('"')) if _MD5_ETAG.match(p["ETag"]) else b"" for p in parts]
-        expected, composite = (f"{_md5(b''.join(md5s)).hex()}-{count}" if all(md5s) else None), None
-    how = verify_object(client, bucket, key, size, sha256, expected, composite)
+        expected, crc_expected = (f"{_md5(b''.join(md5s)).hex()}-{count}" if all(md5s) else None), None
+    how = verify_object(client, bucket, key, size, sha256, expected, crc_expected, composite=crc)
     state_path.unlink(missing_ok=True)
     return Uploaded(key, size, response.get("ETag", "").strip('"'), how, count, resumed, round(assembled, 2))
