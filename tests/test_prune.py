@@ -74,19 +74,25 @@ def test_prune_over_400_days_two_sites_two_servers(install, s3):
     assert again.returncode == 0 and "blog: S3 keep 14, deleting 0" in again.stdout
 
 
-def test_local_keep_applies_only_to_archives_with_a_verified_s3_copy(install, s3):
+def _local_archives(install, s3, days: int, uploaded: int) -> list[str]:
+    """LOCAL_KEEP=1, a local archive for each of the first ``days`` days of November, the
+    oldest ``uploaded`` of them with a verified S3 copy in the catalog."""
     install.use_s3(s3)
     install.env["LOCAL_KEEP"] = "1"
     install.write()
     install.backup_dir.mkdir()
-    names = [f"blog-backup-2026110{d}-030000.tar.zst" for d in range(1, 5)]
+    names = [f"blog-backup-2026110{d}-030000.tar.zst" for d in range(1, days + 1)]
     for name in names:
         (install.backup_dir / name).write_bytes(b"x")
-    for name in names[:2]:  # only the two oldest were uploaded and verified
-        stamp = name[12:27]
+    for name in names[:uploaded]:
         catalog.record_upload(install.db_path, key=f"web-1/x/{name}", endpoint=None, bucket=s3.bucket, size=1,
-                              sha256="0" * 64, site="blog", server_id="web-1", stamp=stamp, archive_name=name,
+                              sha256="0" * 64, site="blog", server_id="web-1", stamp=name[12:27], archive_name=name,
                               uploaded_at="2026-11-05 00:00:00")
+    return names
+
+
+def test_local_keep_applies_only_to_archives_with_a_verified_s3_copy(install, s3):
+    names = _local_archives(install, s3, days=4, uploaded=2)  # only the two oldest were uploaded and verified
     result = install.doit("prune")
     assert result.returncode == 0, result.stdout + result.stderr
     assert sorted(p.name for p in install.backup_dir.glob("*.tar.zst")) == names[2:]
@@ -132,16 +138,7 @@ def test_an_s3_copy_that_failed_verify_fills_no_retention_slot(install, s3):
 
 
 def test_local_keep_keeps_the_local_copy_when_the_s3_copy_failed_verify(install, s3):
-    install.use_s3(s3)
-    install.env["LOCAL_KEEP"] = "1"
-    install.write()
-    install.backup_dir.mkdir()
-    names = [f"blog-backup-2026110{d}-030000.tar.zst" for d in range(1, 4)]
-    for name in names:
-        (install.backup_dir / name).write_bytes(b"x")
-        catalog.record_upload(install.db_path, key=f"web-1/x/{name}", endpoint=None, bucket=s3.bucket, size=1,
-                              sha256="0" * 64, site="blog", server_id="web-1", stamp=name[12:27], archive_name=name,
-                              uploaded_at="2026-11-05 00:00:00")
+    names = _local_archives(install, s3, days=3, uploaded=3)
     catalog.log_event(install.db_path, "ERROR", f"verify failed: {names[0]}: s3://{s3.bucket}/web-1/x/{names[0]}: "
                       "sha256 differs from the recorded", site="blog", server_id="web-1", archive_name=names[0])
     result = install.doit("prune", "--dry-run")

@@ -135,7 +135,7 @@ def uploaded_archives(path: Path, server_id: str, site: str) -> set[str]:
 _VERIFY_OK = re.compile(r"^verify OK: \S+ \(([^:]*):")
 
 
-def failed_s3_verifications(path: Path, server_id: str) -> set[str]:
+def failed_s3_verifications(path: Path, server_id: str, site: str | None = None) -> set[str]:
     """Archive names whose S3 copy failed the latest `doit verify --remote` that checked it.
 
     Read from this server's verify lines (``archive_name`` set): a failure names the copy as
@@ -144,10 +144,13 @@ def failed_s3_verifications(path: Path, server_id: str) -> set[str]:
     the place of an intact one, nor let the local copy go."""
     if not path.exists():
         return set()
+    # One site's lines come through the backup_log_site index: this runs after every backup.
+    where, params = ("site_name = ? AND ", (site, server_id)) if site else ("", (server_id,))
     with closing(connect(path)) as conn:
         rows = conn.execute(
-            "SELECT archive_name, status, details FROM backup_log WHERE server_id = ? AND archive_name IS NOT NULL "
-            "AND (details LIKE 'verify failed: %' OR details LIKE 'verify OK: %') ORDER BY id", (server_id,),
+            f"SELECT archive_name, status, details FROM backup_log WHERE {where}server_id = ? "
+            "AND status IN ('ERROR', 'INFO') AND archive_name IS NOT NULL "
+            "AND (details LIKE 'verify failed: %' OR details LIKE 'verify OK: %') ORDER BY id", params,
         ).fetchall()
     failed: dict[str, bool] = {}
     for name, status, details in rows:

@@ -40,7 +40,7 @@ _MD5_ETAG = re.compile(r'^"?([0-9a-f]{32})(?:-(\d+))?"?$')
 
 def _https_crc32(settings) -> bool:
     endpoint = settings.s3_endpoint_url or "https://"
-    return getattr(settings, "s3_checksum", "none") == "crc32" and endpoint.lower().startswith("https://")
+    return settings.s3_checksum == "crc32" and endpoint.lower().startswith("https://")
 
 
 def make_client(settings):

@@ -309,10 +309,12 @@ def local_excess(settings: Settings, site_name: str) -> list[str]:
     pattern = re.compile(re.escape(site_name) + r"-backup-\d{8}-\d{6}\.tar\.zst")
     names = sorted(p.name for p in settings.backup_dir.glob(f"{site_name}-backup-*.tar.zst")
                    if pattern.fullmatch(p.name))
-    uploaded = catalog.uploaded_archives(settings.db_path, settings.server_id, site_name)
-    uploaded -= catalog.failed_s3_verifications(settings.db_path, settings.server_id)  # maybe the only good copy
-    return [name for name in names[:-settings.local_keep]
-            if not settings.s3_enabled or name in uploaded]
+    excess = names[:-settings.local_keep]
+    if not settings.s3_enabled:
+        return excess
+    safe = (catalog.uploaded_archives(settings.db_path, settings.server_id, site_name)
+            - catalog.failed_s3_verifications(settings.db_path, settings.server_id, site_name))  # the only good copy?
+    return [name for name in excess if name in safe]
 
 
 def remove_local(settings: Settings, names: list[str]) -> None:
