@@ -116,10 +116,9 @@ class MotoProcess:
         self.start()
 
     def start(self) -> None:
-        beside = Path(sys.executable).parent / "moto_server"  # the venv's, when run from it
-        server = str(beside) if beside.exists() else "moto_server"
-        self.proc = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(self.port)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.joins = Path(tempfile.mkstemp(prefix="wpb-bench-joins-")[1])
+        self.proc = subprocess.Popen([sys.executable, str(HERE / "s3server.py"), str(self.joins), "-H", "127.0.0.1",
+                                      "-p", str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         import urllib.request
 
         for _ in range(200):
@@ -148,9 +147,14 @@ class MotoProcess:
         pages = self.client().get_paginator("list_objects_v2").paginate(Bucket="bench", Prefix=prefix)
         return sum(o["Size"] for page in pages for o in page.get("Contents", []))
 
+    def joined(self) -> float:
+        """Seconds the server spent joining multipart uploads since it started (bench/s3server.py)."""
+        return sum(float(line.split()[0]) for line in self.joins.read_text().splitlines() if line.strip())
+
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait()
+        self.joins.unlink(missing_ok=True)
 
 
 def doit(*args: str) -> list[str]:
@@ -242,8 +246,10 @@ def main() -> None:
                     result = measure(["bash", "-c", script], env=aws_env)
                     result["stored"] = moto.stored("restic/")
                     result["archive"] = result["stored"]
+                result["join"] = moto.joined()
                 rows[who].append(result)
-                print(f"round {i + 1} {who:6}: {result['wall']:6.2f}s wall, {result['cpu']:6.2f}s cpu, "
+                print(f"round {i + 1} {who:6}: {result['wall']:6.2f}s wall ({result['join']:5.2f}s of it moto joining "
+                      f"parts), {result['cpu']:6.2f}s cpu, "
                       f"{result['rss'] / 2**20:5.0f} MiB, wrote {result['written'] / 2**20:6.0f} MiB, "
                       f"stored {result['stored'] / 2**20:6.0f} MiB", flush=True)
 
@@ -337,23 +343,25 @@ def report(args, rows, size, raw_dump, limit, resumed, scale, restores) -> None:
     med = statistics.median
     print(f"\nmachine: {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM; "
           f"site {args.size}; moto S3 in its own process; S3 checksum {args.checksum}; medians of {args.repeat}")
-    print(f"{'':8}{'wall s':>8}{'cpu s':>8}{'RSS MiB':>9}{'wrote MiB':>11}{'in S3 MiB':>11}")
+    print(f"{'':8}{'wall s':>8}{'join s':>8}{'w-j s':>8}{'cpu s':>8}{'RSS MiB':>9}{'wrote MiB':>11}{'in S3 MiB':>11}")
     medians = {}
     for who, results in rows.items():
         if not results:
             continue
-        m = {k: med(r[k] for r in results) for k in ("wall", "cpu", "rss", "written", "stored", "archive")}
+        m = {k: med(r[k] for r in results) for k in ("wall", "cpu", "rss", "written", "stored", "archive", "join")}
+        m["client"] = med(r["wall"] - r["join"] for r in results)
         medians[who] = m
-        print(f"{who:8}{m['wall']:8.2f}{m['cpu']:8.2f}{m['rss'] / 2**20:9.0f}{m['written'] / 2**20:11.0f}"
-              f"{m['stored'] / 2**20:11.1f}")
+        print(f"{who:8}{m['wall']:8.2f}{m['join']:8.2f}{m['client']:8.2f}{m['cpu']:8.2f}{m['rss'] / 2**20:9.0f}"
+              f"{m['written'] / 2**20:11.0f}{m['stored'] / 2**20:11.1f}")
+    print("join: moto's own time joining multipart uploads (bench/s3server.py); w-j: wall without it")
     ours = medians["ours"]
     assembly = med(r.get("assembly", 0.0) for r in rows["ours"])
     if assembly:
-        print(f"ours: the S3 server took {assembly:.2f}s (median) to join the parts (CompleteMultipartUpload); "
-              f"ours without it {ours['wall'] - assembly:.2f}s")
+        print(f"ours: CompleteMultipartUpload took {assembly:.2f}s (median) as our upload line reports it")
     for other in ("shell", "restic"):
         if other in medians:
             print(f"ours/{other}: wall {ours['wall'] / medians[other]['wall']:.2f}, "
+                  f"wall without moto's join {ours['client'] / medians[other]['client']:.2f}, "
                   f"cpu {ours['cpu'] / medians[other]['cpu']:.2f}, "
                   f"stored {ours['stored'] / medians[other]['stored']:.3f}")
     input_bytes = size * 9 // 10 + raw_dump
