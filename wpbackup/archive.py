@@ -6,7 +6,10 @@ ever on disk and each byte compressed once:
                     -> renamed to the final archive name, sha256 sidecar beside it
 
 Concatenated zstd frames decompress as one stream and the members form one valid tar, so
-`tar --zstd -xf` reads the result. The sha256 is computed while writing.
+`tar --zstd -xf` reads the result. The sha256 is computed while writing and, when the archive
+is going to S3 with Content-MD5, so is the MD5 of each part the upload will send: the upload
+then reads each part once instead of twice, and S3 checks the bytes it gets against the
+archive as it was written, not as it reads back from disk.
 """
 
 from __future__ import annotations
@@ -26,9 +29,67 @@ import zstandard
 from .errors import BackupError, disk_error
 from .tarstream import CHUNK, TreeStats, bytes_member, end_of_archive, header, padding, write_file, write_tree
 
-# sha256 state of a files part written by this process, so compress need not read it again.
-_hash_cache: dict[str, tuple[int, hashlib._Hash]] = {}
+# sha256 (and part MD5) state of a files part written by this process, so compress need not
+# read it again.
+_hash_cache: dict[str, tuple[int, hashlib._Hash, PartDigests | None]] = {}
 _hash_lock = threading.Lock()
+
+
+class PartDigests:
+    """The MD5 of each ``part_size`` slice of a byte stream: the Content-MD5 of every part of
+    a later multipart upload with that part size (the last part may be shorter)."""
+
+    def __init__(self, part_size: int):
+        self.part_size = part_size
+        self.done: list[bytes] = []
+        self._current = hashlib.md5(usedforsecurity=False)
+        self._fill = 0
+
+    def update(self, data) -> None:
+        view = memoryview(data)
+        while view:
+            take = min(len(view), self.part_size - self._fill)
+            self._current.update(view[:take])
+            self._fill += take
+            view = view[take:]
+            if self._fill == self.part_size:
+                self.done.append(self._current.digest())
+                self._current, self._fill = hashlib.md5(usedforsecurity=False), 0
+
+    def copy(self) -> PartDigests:
+        twin = PartDigests(self.part_size)
+        twin.done, twin._current, twin._fill = list(self.done), self._current.copy(), self._fill
+        return twin
+
+    def hexdigests(self) -> list[str]:
+        """One per part, the last (partial) one included."""
+        tail = [self._current.digest()] if self._fill else []
+        return [digest.hex() for digest in self.done + tail]
+
+
+class _Consumer:
+    """A thread that feeds every queued chunk to ``use``, through a short queue (bounded
+    memory); hashlib and os.write release the GIL, so consumers run beside the compression."""
+
+    def __init__(self, use: Callable[[bytes], None]):
+        self.use = use
+        self.error: Exception | None = None
+        self.queue: queue.Queue = queue.Queue(maxsize=8)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (data := self.queue.get()) is not None:
+            if self.error is not None:
+                continue
+            try:
+                self.use(data)
+            except Exception as exc:  # kept for the writer's caller; the queue is still drained
+                self.error = exc
+
+    def finish(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
 
 
 class PartLost(BackupError):
@@ -38,38 +99,37 @@ class PartLost(BackupError):
 class HashingWriter:
     """A write-only file object that hashes and counts what passes through to ``fd``.
 
-    Hashing and writing run in a thread of their own (both release the GIL), beside the
-    compression, through a short queue: memory stays bounded, the sha256 costs no wall time.
-    ``close()`` must be called before the digest is read; a write error surfaces there or on
-    a later write.
+    Hashing and writing run in a thread of their own beside the compression, and the part
+    MD5s (``parts``), the slowest hash, in another: memory stays bounded, the hashes cost no
+    wall time while cores are free. ``close()`` must be called before the digests are read;
+    a write error surfaces there or on a later write.
     """
 
-    def __init__(self, fd: int, digest=None, written: int = 0):
+    def __init__(self, fd: int, digest=None, written: int = 0, parts: PartDigests | None = None):
         self.fd = fd
         self.digest = digest or hashlib.sha256()
+        self.parts = parts
         self.written = written
-        self._queue: queue.Queue = queue.Queue(maxsize=8)
-        self._error: OSError | None = None
         self._closed = False
-        self._thread = threading.Thread(target=self._drain, daemon=True)
-        self._thread.start()
+        self._writer = _Consumer(self._write)
+        self._consumers = [self._writer] + ([_Consumer(parts.update)] if parts else [])
 
-    def _drain(self) -> None:
-        while (data := self._queue.get()) is not None:
-            if self._error is not None:
-                continue
-            try:
-                self.digest.update(data)
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(self.fd, view):]
-            except OSError as exc:
-                self._error = exc
+    def _write(self, data: bytes) -> None:
+        self.digest.update(data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view):]
+
+    def _raise(self) -> None:
+        for consumer in self._consumers:
+            if consumer.error is not None:
+                raise consumer.error
 
     def write(self, data) -> int:
-        if self._error is not None:
-            raise self._error
-        self._queue.put(data if isinstance(data, bytes) else bytes(data))
+        self._raise()
+        data = data if isinstance(data, bytes) else bytes(data)
+        for consumer in self._consumers:
+            consumer.queue.put(data)
         self.written += len(data)
         return len(data)
 
@@ -77,19 +137,18 @@ class HashingWriter:
         pass
 
     def abandon(self) -> None:
-        """Stop the writer thread after a failure elsewhere (its own error is moot then)."""
+        """Stop the threads after a failure elsewhere (their own error is moot then)."""
         try:
             self.close()
-        except OSError:
+        except Exception:
             pass
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._queue.put(None)
-            self._thread.join()
-        if self._error is not None:
-            raise self._error
+            for consumer in self._consumers:
+                consumer.finish()
+        self._raise()
 
 
 def compressor(level: int, threads: int) -> zstandard.ZstdCompressor:
@@ -109,13 +168,14 @@ class FilesPart:
 
 def write_files_part(root: Path, files: str, wp_config: Path, excludes: tuple[str, ...],
                      skip: set[tuple[int, int]], target: Path, level: int, threads: int,
-                     progress: Callable[[int], None] | None = None) -> FilesPart:
-    """Stream wp-config.php and the site files into zstd frames at ``target`` (atomic)."""
+                     progress: Callable[[int], None] | None = None, part_size: int | None = None) -> FilesPart:
+    """Stream wp-config.php and the site files into zstd frames at ``target`` (atomic);
+    with ``part_size``, the MD5 of each upload part is computed on the way."""
     partial = target.with_name(target.name + ".tmp")
     stats = TreeStats()
     try:
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        sink = HashingWriter(fd)
+        sink = HashingWriter(fd, parts=PartDigests(part_size) if part_size else None)
         try:
             with compressor(level, threads).stream_writer(sink, closefd=False, write_size=CHUNK) as out:
                 in_tree = files == "all" and wp_config.parent == root
@@ -138,22 +198,28 @@ def write_files_part(root: Path, files: str, wp_config: Path, excludes: tuple[st
         if partial.exists():
             partial.unlink()
     with _hash_lock:
-        _hash_cache[str(target)] = (sink.written, sink.digest)
+        _hash_cache[str(target)] = (sink.written, sink.digest, sink.parts)
     return FilesPart(sink.written, stats)
 
 
-def _resume_digest(path: Path, size: int):
+def _resume_digests(path: Path, size: int, part_size: int | None):
+    """sha256 (and part MD5) state of the first ``size`` bytes of ``path``: kept from the tar
+    stage of this process, or read again (a new process, e.g. after a crash)."""
     with _hash_lock:
         cached = _hash_cache.pop(str(path), None)
     if cached and cached[0] == size:
-        return cached[1].copy()
-    digest = hashlib.sha256()
+        parts = cached[2]
+        if not part_size or (parts and parts.part_size == part_size):
+            return cached[1].copy(), parts.copy() if part_size else None
+    digest, parts = hashlib.sha256(), PartDigests(part_size) if part_size else None
     with open(path, "rb") as handle:
         remaining = size
         while remaining and (chunk := handle.read(min(CHUNK, remaining))):
             digest.update(chunk)
+            if parts:
+                parts.update(chunk)
             remaining -= len(chunk)
-    return digest
+    return digest, parts
 
 
 def file_sha256(path: Path) -> str:
@@ -164,9 +230,16 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+@dataclass
+class Finished:
+    sha256: str
+    size: int
+    part_md5: list[str] | None  # hex, one per upload part of ``part_size`` (when asked for)
+
+
 def finish_archive(files_part: Path, files_part_size: int, tar_written: int, dump: Path,
                    manifest: dict, archive: Path, level: int, threads: int,
-                   progress: Callable[[int], None] | None = None) -> tuple[str, int]:
+                   progress: Callable[[int], None] | None = None, part_size: int | None = None) -> Finished:
     """Append database.sql, manifest.json and the end blocks to the files part, then give it
     the final name. Safe to repeat after a crash: the files part is cut back to its recorded
     size first, and the final name only appears once everything is on disk.
@@ -175,9 +248,9 @@ def finish_archive(files_part: Path, files_part_size: int, tar_written: int, dum
         raise PartLost(f"{files_part} is shorter than its receipt says (lost in a crash)")
     try:
         os.truncate(files_part, files_part_size)
-        digest = _resume_digest(files_part, files_part_size)
+        digest, parts = _resume_digests(files_part, files_part_size, part_size)
         fd = os.open(files_part, os.O_WRONLY | os.O_APPEND)
-        sink = HashingWriter(fd, digest, files_part_size)
+        sink = HashingWriter(fd, digest, files_part_size, parts)
         try:
             written = tar_written
             with compressor(level, threads).stream_writer(sink, closefd=False, write_size=CHUNK) as out:
@@ -207,7 +280,7 @@ def finish_archive(files_part: Path, files_part_size: int, tar_written: int, dum
         if files_part.exists():
             os.truncate(files_part, files_part_size)
         raise disk_error(archive, exc) from None
-    return sink.digest.hexdigest(), sink.written
+    return Finished(sink.digest.hexdigest(), sink.written, parts.hexdigests() if parts else None)
 
 
 def _dump_header(st: os.stat_result) -> bytes:

@@ -82,6 +82,10 @@ def describe(exc: Exception, endpoint: str | None, bucket: str) -> BackupError:
             return BackupError(f"S3 refused the credentials or access ({code}) at {where}")
         if code in ("NoSuchBucket", "404") and "bucket" in str(err.get("Message", "")).lower():
             return BackupError(f"S3 bucket does not exist: {where}")
+        if code in ("BadDigest", "InvalidDigest"):
+            return BackupError(f"S3 received a part that does not match its MD5 ({code}) at {where}: altered on "
+                               "the way, or the local archive changed after it was written (check it with "
+                               "sha256sum -c on its .sha256 file)")
         return BackupError(f"S3 error {code} at {where}: {err.get('Message', exc)}")
     return BackupError(f"S3 unreachable at {where}: {exc}")
 
@@ -270,19 +274,26 @@ def verify_object(client, bucket: str, key: str, size: int, sha256: str, etag: s
 
 def upload_archive(client, bucket: str, key: str, path: Path, sha256: str, metadata: dict[str, str],
                    state_path: Path, *, storage_class: str | None = None, part_size: int | None = None,
-                   checksum: str = "none", progress: Callable[[int], None] | None = None) -> Uploaded:
+                   checksum: str = "none", part_md5: list[str] | None = None,
+                   progress: Callable[[int], None] | None = None) -> Uploaded:
     """Upload ``path`` to ``key`` (resuming a cut-off multipart upload) and verify it.
 
     The default (``checksum="none"``) sends each part with Content-MD5, which every
     S3-compatible provider checks, and verifies the ETag (MD5 of the part MD5s). With
     ``checksum="crc32"`` each part carries S3's additional checksum (``x-amz-checksum-crc32``)
     instead, and the provider's composite CRC32 of the object is verified: for providers that
-    accept these headers (AWS S3), it saves the MD5 pass, the slowest of the hashes."""
+    accept these headers (AWS S3), it saves the MD5 pass, the slowest of the hashes.
+
+    ``part_md5`` (hex, one per part of ``part_size``) are the parts' MD5s as computed while
+    the archive was written: sent as they are, so the provider checks what it receives
+    against the archive as written, and no part is read twice."""
     if checksum not in CHECKSUMS:
         raise BackupError(f"unknown S3 checksum mode {checksum!r} (one of {', '.join(CHECKSUMS)})")
     crc = checksum == "crc32"
     size = path.stat().st_size
     part_size = part_size or part_size_for(size)
+    count = math.ceil(size / part_size)
+    written = [bytes.fromhex(h) for h in part_md5] if part_md5 and not crc and len(part_md5) == count else None
     extra = {"Metadata": {**metadata, "sha256": sha256}, "ContentType": "application/zstd"}
     if storage_class:
         extra["StorageClass"] = storage_class
@@ -299,7 +310,7 @@ def upload_archive(client, bucket: str, key: str, path: Path, sha256: str, metad
             md5, crc32 = None, _b64(binascii.crc32(data).to_bytes(4, "big"))
             more = {"ChecksumAlgorithm": "CRC32", "ChecksumCRC32": crc32}
         else:
-            md5, crc32 = _md5(data), None
+            md5, crc32 = written[0] if written else _md5(data), None
             more = {"ContentMD5": _b64(md5)}
         response = client.put_object(Bucket=bucket, Key=key, Body=data, **more, **extra)
         del data
@@ -309,7 +320,6 @@ def upload_archive(client, bucket: str, key: str, path: Path, sha256: str, metad
         return Uploaded(key, size, response.get("ETag", "").strip('"'), how, 1)
 
     state = _State(state_path)
-    count = math.ceil(size / part_size)
     same = {k: state.data.get(k, "none" if k == "checksum" else None)
             for k in ("key", "size", "sha256", "part_size", "checksum")} == {
         "key": key, "size": size, "sha256": sha256, "part_size": part_size, "checksum": checksum}
@@ -355,13 +365,15 @@ def upload_archive(client, bucket: str, key: str, path: Path, sha256: str, metad
             return
         length = min(part_size, size - (number - 1) * part_size)
         body = PartReader(fd, (number - 1) * part_size, length)
-        md5, crc32 = body.digests(crc)
+        md5, crc32 = (written[number - 1], None) if written else body.digests(crc)
         more = {"ChecksumCRC32": _b64(crc32)} if crc32 else {"ContentMD5": _b64(md5)}
         response = client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number,
                                       Body=body, ContentLength=length, **more)
         etag = response["ETag"].strip('"')
         if md5 and etag != md5.hex() and _MD5_ETAG.match(etag):
-            raise BackupError(f"S3 stored part {number} of {key} with another checksum")
+            raise BackupError(f"S3 stored part {number} of {key} with another checksum" + (
+                f": {path} no longer holds the bytes written (check it with sha256sum -c {path.name}.sha256)"
+                if written else ""))
         with state.lock:
             state.data["parts"][str(number)] = etag
             if crc32:

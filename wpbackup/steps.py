@@ -13,6 +13,7 @@ catalog as ERROR and raised as BackupError, with a message meant for the operato
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -171,6 +172,14 @@ def _skip_set(settings: Settings) -> set[tuple[int, int]]:
     return skip
 
 
+def md5_part_size(settings: Settings) -> int | None:
+    """The part size the upload will use, when its Content-MD5s can be computed while the
+    archive is written (S3 on, S3_CHECKSUM=none, an archive under 10,000 default parts)."""
+    if not settings.s3_enabled or settings.s3_checksum != "none":
+        return None
+    return part_size_for(0, settings.s3_part_size_mb)
+
+
 def tar_stage(settings: Settings, site: Site, run: Run) -> dict:
     """Stream wp-config.php and the site files into compressed tar members."""
     def work() -> dict:
@@ -184,7 +193,8 @@ def tar_stage(settings: Settings, site: Site, run: Run) -> dict:
         progress = Progress(f"{site.name} tar")
         part = archive.write_files_part(
             site.path, site.files, wp_config, site.excludes, _skip_set(settings),
-            run.folder / "files.part.zst", settings.zstd_level, settings.zstd_threads, progress.add)
+            run.folder / "files.part.zst", settings.zstd_level, settings.zstd_threads, progress.add,
+            md5_part_size(settings))
         stats = part.stats
         receipt = run.write_receipt("tar", {
             "size": part.size, "written": stats.written, "files": stats.files, "bytes": stats.bytes,
@@ -236,12 +246,14 @@ def compress_stage(settings: Settings, site: Site, run: Run) -> dict:
             raise BackupError("the dump and tar stages of this run have not finished")
         files_part = run.folder / "files.part.zst"
         progress = Progress(f"{site.name} compress")
+        part_size, part_md5 = md5_part_size(settings), None
         if files_part.exists():
             try:
-                sha256, size = archive.finish_archive(
+                finished = archive.finish_archive(
                     files_part, tar["size"], tar["written"], run.folder / "database.sql",
                     manifest(settings, site, run, dump, tar), target,
-                    settings.zstd_level, settings.zstd_threads, progress.add)
+                    settings.zstd_level, settings.zstd_threads, progress.add, part_size)
+                sha256, size, part_md5 = finished.sha256, finished.size, finished.part_md5
             except archive.PartLost as exc:
                 run.receipt_path("tar").unlink(missing_ok=True)
                 files_part.unlink(missing_ok=True)
@@ -251,10 +263,26 @@ def compress_stage(settings: Settings, site: Site, run: Run) -> dict:
         else:
             raise BackupError(f"{files_part} is missing: the run's intermediates were removed")
         archive.write_sidecar(target, sha256)
+        if part_md5:  # the upload's Content-MD5s, computed while the archive was written
+            archive.write_atomic(run.folder / PART_MD5, json.dumps(
+                {"sha256": sha256, "size": size, "part_size": part_size, "md5": part_md5}).encode())
         receipt = run.write_receipt("compress", {"archive": target.name, "sha256": sha256, "size": size})
         _info(settings, site, run, f"archive {target.name} written: {human_bytes(size)}")
         return receipt
     return guarded("compress", settings, site, run, work)
+
+
+PART_MD5 = "part-md5.json"
+
+
+def written_md5(run: Run, made: dict, part_size: int) -> list[str] | None:
+    """The part MD5s the compress stage computed for this archive and part size, if any."""
+    try:
+        data = json.loads((run.folder / PART_MD5).read_text())
+    except (OSError, ValueError):
+        return None
+    same = (data.get("sha256"), data.get("size"), data.get("part_size")) == (made["sha256"], made["size"], part_size)
+    return data.get("md5") if same else None
 
 
 def upload_stage(settings: Settings, site: Site, run: Run) -> dict:
@@ -271,6 +299,7 @@ def upload_stage(settings: Settings, site: Site, run: Run) -> dict:
                                        f"{settings.backup_dir}")
             return run.write_receipt("upload", {"local_only": True})
         path = settings.backup_dir / made["archive"]
+        part_size = part_size_for(made["size"], settings.s3_part_size_mb)
         key = object_key(settings.s3_prefix, settings.server_id, run.stamp, made["archive"])
         progress = Progress(f"{site.name} upload", made["size"])
         try:
@@ -280,7 +309,7 @@ def upload_stage(settings: Settings, site: Site, run: Run) -> dict:
                 client, settings.s3_bucket, key, path, made["sha256"],
                 {"site": site.name, "server-id": settings.server_id}, run.folder / "upload-state.json",
                 storage_class=settings.s3_storage_class, checksum=settings.s3_checksum,
-                part_size=part_size_for(made["size"], settings.s3_part_size_mb), progress=progress.add)
+                part_size=part_size, part_md5=written_md5(run, made, part_size), progress=progress.add)
         except BackupError:
             raise
         except Exception as exc:

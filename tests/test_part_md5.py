@@ -1,0 +1,97 @@
+"""With S3_CHECKSUM=none the upload's Content-MD5s are computed while the archive is written:
+they are the MD5s of the archive's parts whether the compress stage runs in the process that
+wrote the files part or in a new one, S3 gets exactly those, and an archive that changed on
+disk after it was written is refused, never recorded as uploaded."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from wpbackup import archive, runs, steps
+from wpbackup.archive import PartDigests
+from wpbackup.settings import load_settings
+from wpbackup.sites import load_sites
+
+from .conftest import make_site
+
+PART = 5 << 20
+
+
+def _slices(path: Path, part_size: int) -> list[bytes]:
+    digests = []
+    with open(path, "rb") as handle:
+        while chunk := handle.read(part_size):
+            digests.append(hashlib.md5(chunk).digest())
+    return digests
+
+
+@pytest.mark.parametrize("total", [0, 1, 4096, 4096 * 3, 4096 * 3 + 1])
+def test_part_digests_cut_at_part_boundaries_whatever_the_chunks(total):
+    data = bytes(range(256)) * (total // 256 + 1)
+    data = data[:total]
+    parts = PartDigests(4096)
+    for start in range(0, total, 1000):  # chunks that straddle the part boundaries
+        parts.update(data[start:start + 1000])
+    expected = [hashlib.md5(data[i:i + 4096]).hexdigest() for i in range(0, total, 4096)]
+    assert parts.hexdigests() == expected
+    twin = parts.copy()
+    twin.update(b"more")
+    assert parts.hexdigests() == expected  # a copy moves on alone
+
+
+def _written(install, s3, proxy, wordpress, tmp_path, new_process: bool):
+    """dump, tar and compress in this process; with ``new_process`` the compress stage finds
+    no hash state of the tar stage, as after a crash, and reads the files part again."""
+    install.use_s3(s3)
+    install.env.update(S3_ENDPOINT_URL=proxy.url, S3_PART_SIZE_MB="5")
+    install.sites.append({"name": "big", "path": str(make_site(tmp_path, wordpress, big_mb=22))})
+    install.write()
+    settings = load_settings({"WPBACKUP_ENV": str(install.env_path)})
+    [site] = load_sites(settings.sites_file)
+    run = runs.plan_run(settings.work_dir, "big", datetime.now(UTC), 20)
+    steps.dump_stage(settings, site, run)
+    steps.tar_stage(settings, site, run)
+    if new_process:
+        archive._hash_cache.clear()
+    made = steps.compress_stage(settings, site, run)
+    return run, settings.backup_dir / made["archive"]
+
+
+@pytest.mark.parametrize("new_process", [False, True])
+def test_the_parts_md5s_written_with_the_archive_are_what_s3_gets(install, wordpress, s3, s3_proxy, tmp_path,
+                                                                  new_process):
+    run, path = _written(install, s3, s3_proxy, wordpress, tmp_path, new_process)
+    expected = _slices(path, PART)
+    assert len(expected) >= 4
+    stored = json.loads((run.folder / "part-md5.json").read_text())
+    assert (stored["part_size"], stored["md5"]) == (PART, [d.hex() for d in expected])
+
+    result = install.doit("backup")
+    assert result.returncode == 0, result.stdout + result.stderr
+    sent = {number: headers["content-md5"] for number, headers in s3_proxy.part_headers}
+    assert sent == {number: base64.b64encode(d).decode() for number, d in enumerate(expected, 1)}
+    assert len(install.rows("SELECT * FROM s3_archives")) == 1
+    assert not (run.folder / "part-md5.json").exists()  # an intermediate: gone when the run closes
+
+
+def test_an_archive_changed_after_it_was_written_is_not_uploaded(install, wordpress, s3, s3_proxy, tmp_path):
+    """moto stores what it gets (real S3 answers BadDigest); either way the part's MD5 does
+    not match the archive as written, and the upload stops with a line that says so."""
+    run, path = _written(install, s3, s3_proxy, wordpress, tmp_path, False)
+    with open(path, "r+b") as handle:  # a bit flipped on disk in the second part
+        handle.seek(PART + 1234)
+        byte = handle.read(1)
+        handle.seek(PART + 1234)
+        handle.write(bytes([byte[0] ^ 0x01]))
+    result = install.doit("backup")
+    out = result.stdout + result.stderr
+    assert result.returncode != 0 and "Traceback" not in out
+    assert "no longer holds the bytes written" in out and f"sha256sum -c {path.name}.sha256" in out
+    assert install.rows("SELECT * FROM s3_archives") == []
+    assert s3.s3.list_objects_v2(Bucket=s3.bucket).get("KeyCount") == 0
