@@ -260,7 +260,7 @@ def main() -> None:
         limit = measure(["bash", "-c", f"set -o pipefail; ( tar -C {site} -cf - wp-content; {dump_cmd} ) "
                                        "| zstd -q -T0 -3 > /dev/null"])
         resumed = resume_run(base, site, moto, args.checksum)
-        scale = None if args.skip_scale else scale_runs(base, mariadb)
+        scale = None if args.skip_scale else scale_runs(base, mariadb, moto)
     finally:
         moto.stop()
         mariadb.stop()
@@ -318,8 +318,8 @@ def resume_run(base: Path, site: Path, moto: MotoProcess, checksum: str) -> dict
     return {"first": first, "second": second, **info}
 
 
-def scale_runs(base: Path, mariadb: MariaDB) -> dict:
-    """50 small sites in one run, and `doit list` with 200 sites configured."""
+def scale_runs(base: Path, mariadb: MariaDB, moto: MotoProcess) -> dict:
+    """50 small sites in one run (local-only, then to S3), and `doit list` with 200 sites."""
     mariadb.sql("CREATE DATABASE small CHARACTER SET utf8mb4")
     mariadb.sql("CREATE TABLE wp_posts (ID INT PRIMARY KEY, post_title TEXT); "
                 "INSERT INTO wp_posts SELECT seq, CONCAT('post ', seq) FROM seq_1_to_50;", database="small")
@@ -336,9 +336,15 @@ def scale_runs(base: Path, mariadb: MariaDB) -> dict:
     fifty = measure(doit("backup"), env=env50)
     env1 = make_install(base / "scale1", sites[:1], {"SERVER_ID": "bench"})
     one = measure(doit("backup"), env=env1)
+    to_s3 = {"SERVER_ID": "bench", "S3_ENDPOINT_URL": moto.url, "S3_BUCKET": "bench", "S3_ACCESS_KEY_ID": KEY,
+             "S3_SECRET_ACCESS_KEY": SECRET}
+    moto.fresh()
+    fifty_s3 = measure(doit("backup"), env=make_install(base / "scale50s3", sites[:50], to_s3))
+    one_s3 = measure(doit("backup"), env=make_install(base / "scale1s3", sites[:1], to_s3))
     env200 = make_install(base / "scale200", sites, {"SERVER_ID": "bench"})
     listing = measure(doit("list", "--all"), env=env200)
-    return {"fifty": fifty["wall"], "one": one["wall"], "list200": listing["wall"]}
+    return {"fifty": fifty["wall"], "one": one["wall"], "list200": listing["wall"], "fifty_s3": fifty_s3["wall"],
+            "one_s3": one_s3["wall"]}
 
 
 def report(args, rows, size, raw_dump, limit, resumed, scale, restores) -> None:
@@ -383,7 +389,9 @@ def report(args, rows, size, raw_dump, limit, resumed, scale, restores) -> None:
               f"zstd|tar + mariadb {shell_wall:.2f}s, ratio {ours_wall / shell_wall:.2f}")
     if scale:
         print(f"scale: 50 small sites {scale['fifty']:.2f}s ({(scale['fifty'] - scale['one']) / 49:.2f}s per extra "
-              f"site; one site alone {scale['one']:.2f}s); doit list --all with 200 sites {scale['list200']:.2f}s")
+              f"site; one site alone {scale['one']:.2f}s); to S3 {scale['fifty_s3']:.2f}s "
+              f"({(scale['fifty_s3'] - scale['one_s3']) / 49:.2f}s per extra site; "
+              f"one site alone {scale['one_s3']:.2f}s); doit list --all with 200 sites {scale['list200']:.2f}s")
 
 
 if __name__ == "__main__":

@@ -87,3 +87,17 @@ def test_a_full_object_crc_is_not_taken_for_the_composite(s3, tmp_path):
     composite = base64.b64encode(zlib.crc32(b"".join(base64.b64decode(p["ChecksumCRC32"]) for p in parts))
                                  .to_bytes(4, "big")).decode()
     assert verify_object(s3.s3, s3.bucket, key, len(data), sha, None, composite, composite=True) == "download"
+
+
+def test_one_client_per_configuration_and_process(tmp_path):
+    """Building a client parses botocore's S3 model (0.4 s of CPU): sites share one; another
+    endpoint or key gets its own."""
+    here = Path("/nonexistent")
+    base = dict(env_path=here / ".env", server_id="web-1", sites_file=here / "sites.json", db_path=here / "db",
+                backup_dir=here / "backups", s3_endpoint_url="http://127.0.0.1:9", s3_access_key_id="a",
+                s3_secret_access_key="b")
+    first = make_client(Settings(**base))
+    assert make_client(Settings(**base)) is first
+    assert make_client(Settings(**{**base, "s3_endpoint_url": "http://127.0.0.1:10"})) is not first
+    assert make_client(Settings(**{**base, "s3_secret_access_key": "c"})) is not first
+    assert first.meta.config.max_pool_connections >= 16  # two uploads of 8 parts in flight

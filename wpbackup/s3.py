@@ -43,8 +43,24 @@ def _https_crc32(settings) -> bool:
     return settings.s3_checksum == "crc32" and endpoint.lower().startswith("https://")
 
 
+_clients: dict[tuple, object] = {}
+_clients_lock = threading.Lock()
+
+
 def make_client(settings):
-    """A boto3 S3 client that works with S3-compatible providers (checksums when required)."""
+    """A boto3 S3 client that works with S3-compatible providers (checksums when required).
+
+    One per configuration and process: building a client parses botocore's S3 model (0.4 s
+    of CPU here, per site otherwise), and a client is safe to share between threads."""
+    key = (settings.s3_endpoint_url, settings.s3_region, settings.s3_max_attempts, settings.s3_checksum,
+           settings.s3_access_key_id, settings.s3_secret_access_key)
+    with _clients_lock:
+        if key not in _clients:
+            _clients[key] = _new_client(settings)
+        return _clients[key]
+
+
+def _new_client(settings):
     config = Config(
         region_name=settings.s3_region,
         retries={"max_attempts": settings.s3_max_attempts, "mode": "standard"},
@@ -56,6 +72,7 @@ def make_client(settings):
             **({"payload_signing_enabled": False} if _https_crc32(settings) else {})},
         connect_timeout=10,
         read_timeout=120,
+        max_pool_connections=2 * CONCURRENCY,  # two sites may upload at once (doit's two workers)
     )
     kwargs = {}
     if settings.s3_access_key_id and settings.s3_secret_access_key:
@@ -158,18 +175,26 @@ class PartReader:
 
 
 class _State:
-    """The multipart upload's progress on disk (rewritten atomically after each part)."""
+    """The multipart upload's progress on disk, rewritten atomically: after each part while
+    there are few, then at most once a second (each rewrite holds every part, and an upload
+    may have 10,000), and once more when the parts are all sent or one failed. A part sent
+    but not yet recorded when the process dies is simply sent again."""
 
     def __init__(self, path: Path):
         self.path = path
         self.lock = threading.Lock()
+        self.saved_at = 0.0
         try:
             self.data = json.loads(path.read_text())
         except (OSError, ValueError):
             self.data = {}
 
-    def save(self) -> None:
+    def save(self, soon: bool = False) -> None:
         with self.lock:
+            now = time.monotonic()
+            if soon and len(self.data.get("parts", ())) > 64 and now - self.saved_at < 1.0:
+                return
+            self.saved_at = now
             tmp = self.path.with_name(self.path.name + ".tmp")
             tmp.write_text(json.dumps(self.data))
             os.replace(tmp, self.path)
@@ -378,7 +403,7 @@ def upload_archive(client, bucket: str, key: str, path: Path, sha256: str, metad
             state.data["parts"][str(number)] = etag
             if crc32:
                 state.data["crc32"][str(number)] = _b64(crc32)
-        state.save()
+        state.save(soon=True)
         if progress:
             progress(length)
 
@@ -396,6 +421,7 @@ def upload_archive(client, bucket: str, key: str, path: Path, sha256: str, metad
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         os.close(fd)
+        state.save()
     parts = [{"PartNumber": n, "ETag": f'"{state.data["parts"][str(n)]}"',
               **({"ChecksumCRC32": state.data["crc32"][str(n)]} if crc else {})} for n in range(1, count + 1)]
     assembling = time.monotonic()
