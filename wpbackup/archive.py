@@ -28,6 +28,7 @@ import zstandard
 
 from .errors import BackupError, disk_error
 from .tarstream import CHUNK, TreeStats, bytes_member, end_of_archive, header, padding, write_file, write_tree
+from .writeback import Pacer
 
 # sha256 (and part MD5) state of a files part written by this process, so compress need not
 # read it again.
@@ -111,6 +112,7 @@ class HashingWriter:
         self.parts = parts
         self.written = written
         self._closed = False
+        self._pacer = Pacer(fd)
         self._writer = _Consumer(self._write)
         self._consumers = [self._writer] + ([_Consumer(parts.update)] if parts else [])
 
@@ -119,6 +121,7 @@ class HashingWriter:
         view = memoryview(data)
         while view:
             view = view[os.write(self.fd, view):]
+        self._pacer.wrote(len(data))
 
     def _raise(self) -> None:
         for consumer in self._consumers:

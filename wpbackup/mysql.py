@@ -26,6 +26,7 @@ from pathlib import Path
 from .children import spawn, tracked
 from .errors import BackupError, disk_error
 from .sites import DbSettings
+from .writeback import Pacer
 
 DUMP_TRAILER = b"-- Dump completed"
 CHUNK = 1 << 20
@@ -209,6 +210,7 @@ def dump_database(db: DbSettings, target: Path, progress: Callable[[int], None] 
         errors: list[bytes] = []
         try:
             fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            pacer = Pacer(fd)
             with os.fdopen(fd, "wb") as out, tracked(spawn(
                 argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE
             )) as proc:
@@ -216,6 +218,7 @@ def dump_database(db: DbSettings, target: Path, progress: Callable[[int], None] 
                 reader.start()
                 while chunk := proc.stdout.read(CHUNK):
                     out.write(chunk)
+                    pacer.wrote(len(chunk))
                     digest.update(chunk)
                     size += len(chunk)
                     tail = (tail + chunk)[-512:]
