@@ -1,9 +1,13 @@
 """A small HTTP proxy in front of the S3 server that misbehaves on request: it refuses
 uploads after N parts (as a provider failing mid-upload would), or holds a part request
-open so the test can kill the backup in the middle of an upload."""
+open so the test can kill the backup in the middle of an upload. With ``check_md5`` it
+also does what moto leaves out and AWS S3 does: a body that does not match its Content-MD5
+is answered 400 BadDigest."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import http.client
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,6 +24,7 @@ class S3Proxy:
         self.after_parts = 0        # parts let through before the fault starts
         self.parts_seen = 0
         self.part_headers: list[tuple[int, dict[str, str]]] = []  # (part number, headers) as received
+        self.check_md5 = False
         self.hanging = threading.Event()
         self.release = threading.Event()
         self.lock = threading.Lock()
@@ -47,6 +52,16 @@ class S3Proxy:
                 if fault and proxy.mode == "hang":
                     proxy.hanging.set()
                     proxy.release.wait(120)
+                sent_md5 = self.headers.get("Content-MD5")
+                if proxy.check_md5 and sent_md5 and base64.b64encode(hashlib.md5(body).digest()).decode() != sent_md5:
+                    payload = (b"<?xml version='1.0'?><Error><Code>BadDigest</Code><Message>The Content-MD5 "
+                               b"you specified did not match what we received.</Message></Error>")
+                    self.send_response(400)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
                 if fault:
                     payload = (b"<?xml version='1.0'?><Error><Code>ServiceUnavailable</Code>"
                                b"<Message>refused by the test proxy</Message></Error>")

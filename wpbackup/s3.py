@@ -125,6 +125,10 @@ def _b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode()
 
 
+class ArchiveChanged(BackupError):
+    """A part's bytes on disk differ from the archive as written: the upload cannot succeed."""
+
+
 @dataclass
 class Uploaded:
     key: str
@@ -392,13 +396,24 @@ def upload_archive(client, bucket: str, key: str, path: Path, sha256: str, metad
         body = PartReader(fd, (number - 1) * part_size, length)
         md5, crc32 = (written[number - 1], None) if written else body.digests(crc)
         more = {"ChecksumCRC32": _b64(crc32)} if crc32 else {"ContentMD5": _b64(md5)}
-        response = client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number,
-                                      Body=body, ContentLength=length, **more)
+        try:
+            response = client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                                          Body=body, ContentLength=length, **more)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code")
+            if written and code in ("BadDigest", "InvalidDigest"):
+                raise ArchiveChanged(f"S3 refused part {number} of {key} ({code}): its bytes do not match the MD5 "
+                                     f"taken when the archive was written; {path} has changed since, or the bytes "
+                                     f"were altered on the way (check it with sha256sum -c {path.name}.sha256); "
+                                     "the upload was aborted") from None
+            raise
         etag = response["ETag"].strip('"')
         if md5 and etag != md5.hex() and _MD5_ETAG.match(etag):
-            raise BackupError(f"S3 stored part {number} of {key} with another checksum" + (
-                f": {path} no longer holds the bytes written (check it with sha256sum -c {path.name}.sha256)"
-                if written else ""))
+            if written:
+                raise ArchiveChanged(f"S3 stored part {number} of {key} with another checksum: {path} no longer "
+                                     f"holds the bytes written (check it with sha256sum -c {path.name}.sha256); "
+                                     "the upload was aborted")
+            raise BackupError(f"S3 stored part {number} of {key} with another checksum")
         with state.lock:
             state.data["parts"][str(number)] = etag
             if crc32:
@@ -408,20 +423,29 @@ def upload_archive(client, bucket: str, key: str, path: Path, sha256: str, metad
             progress(length)
 
     pool = ThreadPoolExecutor(max_workers=CONCURRENCY)
+    changed = False
     try:
         futures = [pool.submit(send, n) for n in range(1, count + 1) if n not in done]
         for future in futures:
             try:
                 future.result()
-            except BaseException:
+            except BaseException as exc:
                 failed.set()  # the parts still queued are not sent; the next run resumes
+                changed = isinstance(exc, ArchiveChanged)
                 raise
         if stopping.is_set():
             raise BackupError("stopped by a signal; the next run resumes the upload")
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         os.close(fd)
-        state.save()
+        if changed:  # no resuming this one: its parts came from a damaged archive
+            try:
+                abort_upload(client, bucket, key, upload_id)
+            except (ClientError, BotoCoreError):
+                pass  # the provider's lifecycle rule for incomplete uploads, if any, ends it
+            state_path.unlink(missing_ok=True)
+        else:
+            state.save()
     parts = [{"PartNumber": n, "ETag": f'"{state.data["parts"][str(n)]}"',
               **({"ChecksumCRC32": state.data["crc32"][str(n)]} if crc else {})} for n in range(1, count + 1)]
     assembling = time.monotonic()
