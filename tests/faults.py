@@ -1,8 +1,8 @@
 """A small HTTP proxy in front of the S3 server that misbehaves on request: it refuses
 uploads after N parts (as a provider failing mid-upload would), or holds a part request
-open so the test can kill the backup in the middle of an upload. With ``check_md5`` it
+open so the test can kill the backup in the middle of an upload. With ``check_sums`` it
 also does what moto leaves out and AWS S3 does: a body that does not match its Content-MD5
-is answered 400 BadDigest."""
+or its x-amz-checksum-crc32 is answered 400 BadDigest."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import base64
 import hashlib
 import http.client
 import threading
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -24,7 +25,7 @@ class S3Proxy:
         self.after_parts = 0        # parts let through before the fault starts
         self.parts_seen = 0
         self.part_headers: list[tuple[int, dict[str, str]]] = []  # (part number, headers) as received
-        self.check_md5 = False
+        self.check_sums = False
         self.hanging = threading.Event()
         self.release = threading.Event()
         self.lock = threading.Lock()
@@ -52,8 +53,10 @@ class S3Proxy:
                 if fault and proxy.mode == "hang":
                     proxy.hanging.set()
                     proxy.release.wait(120)
-                sent_md5 = self.headers.get("Content-MD5")
-                if proxy.check_md5 and sent_md5 and base64.b64encode(hashlib.md5(body).digest()).decode() != sent_md5:
+                sent_md5, sent_crc = self.headers.get("Content-MD5"), self.headers.get("x-amz-checksum-crc32")
+                wrong = bool(sent_md5) and base64.b64encode(hashlib.md5(body).digest()).decode() != sent_md5
+                wrong |= bool(sent_crc) and base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode() != sent_crc
+                if proxy.check_sums and wrong:
                     payload = (b"<?xml version='1.0'?><Error><Code>BadDigest</Code><Message>The Content-MD5 "
                                b"you specified did not match what we received.</Message></Error>")
                     self.send_response(400)

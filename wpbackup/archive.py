@@ -7,13 +7,14 @@ ever on disk and each byte compressed once:
 
 Concatenated zstd frames decompress as one stream and the members form one valid tar, so
 `tar --zstd -xf` reads the result. The sha256 is computed while writing and, when the archive
-is going to S3 with Content-MD5, so is the MD5 of each part the upload will send: the upload
-then reads each part once instead of twice, and S3 checks the bytes it gets against the
-archive as it was written, not as it reads back from disk.
+is going to S3, so is the checksum of each part the upload will send (MD5 for Content-MD5, or
+CRC32 with S3_CHECKSUM=crc32): the upload then reads each part once instead of twice, and S3
+checks the bytes it gets against the archive as it was written, not as it reads back.
 """
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import json
 import os
@@ -30,21 +31,49 @@ from .errors import BackupError, disk_error
 from .tarstream import CHUNK, TreeStats, bytes_member, end_of_archive, header, padding, write_file, write_tree
 from .writeback import Pacer
 
-# sha256 (and part MD5) state of a files part written by this process, so compress need not
-# read it again.
+# sha256 (and part checksum) state of a files part written by this process, so compress need
+# not read it again.
 _hash_cache: dict[str, tuple[int, hashlib._Hash, PartDigests | None]] = {}
 _hash_lock = threading.Lock()
 
 
-class PartDigests:
-    """The MD5 of each ``part_size`` slice of a byte stream: the Content-MD5 of every part of
-    a later multipart upload with that part size (the last part may be shorter)."""
+class _Crc32:
+    """binascii.crc32 behind hashlib's update/digest/copy (digest: 4 bytes, big-endian)."""
 
-    def __init__(self, part_size: int):
-        self.part_size = part_size
+    def __init__(self, value: int = 0):
+        self.value = value
+
+    def update(self, data) -> None:
+        self.value = binascii.crc32(data, self.value)
+
+    def digest(self) -> bytes:
+        return self.value.to_bytes(4, "big")
+
+    def copy(self) -> _Crc32:
+        return _Crc32(self.value)
+
+
+PART_ALGORITHMS = ("md5", "crc32")
+
+
+class PartDigests:
+    """The checksum (``algorithm``: md5 or crc32) of each ``part_size`` slice of a byte stream:
+    what every part of a later multipart upload with that part size carries (the last part
+    may be shorter)."""
+
+    def __init__(self, part_size: int, algorithm: str = "md5"):
+        if algorithm not in PART_ALGORITHMS:
+            raise ValueError(f"unknown part checksum {algorithm!r}")
+        self.part_size, self.algorithm = part_size, algorithm
         self.done: list[bytes] = []
-        self._current = hashlib.md5(usedforsecurity=False)
+        self._current = self._new()
         self._fill = 0
+
+    def _new(self):
+        return hashlib.md5(usedforsecurity=False) if self.algorithm == "md5" else _Crc32()
+
+    def same_plan(self, other: PartDigests) -> bool:
+        return (self.part_size, self.algorithm) == (other.part_size, other.algorithm)
 
     def update(self, data) -> None:
         view = memoryview(data)
@@ -55,10 +84,10 @@ class PartDigests:
             view = view[take:]
             if self._fill == self.part_size:
                 self.done.append(self._current.digest())
-                self._current, self._fill = hashlib.md5(usedforsecurity=False), 0
+                self._current, self._fill = self._new(), 0
 
     def copy(self) -> PartDigests:
-        twin = PartDigests(self.part_size)
+        twin = PartDigests(self.part_size, self.algorithm)
         twin.done, twin._current, twin._fill = list(self.done), self._current.copy(), self._fill
         return twin
 
@@ -101,7 +130,7 @@ class HashingWriter:
     """A write-only file object that hashes and counts what passes through to ``fd``.
 
     Hashing and writing run in a thread of their own beside the compression, and the part
-    MD5s (``parts``), the slowest hash, in another: memory stays bounded, the hashes cost no
+    checksums (``parts``; MD5 is the slowest hash) in another: memory stays bounded, the hashes cost no
     wall time while cores are free. ``close()`` must be called before the digests are read;
     a write error surfaces there or on a later write.
     """
@@ -171,14 +200,14 @@ class FilesPart:
 
 def write_files_part(root: Path, files: str, wp_config: Path, excludes: tuple[str, ...],
                      skip: set[tuple[int, int]], target: Path, level: int, threads: int,
-                     progress: Callable[[int], None] | None = None, part_size: int | None = None) -> FilesPart:
+                     progress: Callable[[int], None] | None = None, parts: PartDigests | None = None) -> FilesPart:
     """Stream wp-config.php and the site files into zstd frames at ``target`` (atomic);
-    with ``part_size``, the MD5 of each upload part is computed on the way."""
+    with ``parts``, the checksum of each upload part is computed on the way."""
     partial = target.with_name(target.name + ".tmp")
     stats = TreeStats()
     try:
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        sink = HashingWriter(fd, parts=PartDigests(part_size) if part_size else None)
+        sink = HashingWriter(fd, parts=parts)
         try:
             with compressor(level, threads).stream_writer(sink, closefd=False, write_size=CHUNK) as out:
                 in_tree = files == "all" and wp_config.parent == root
@@ -205,16 +234,17 @@ def write_files_part(root: Path, files: str, wp_config: Path, excludes: tuple[st
     return FilesPart(sink.written, stats)
 
 
-def _resume_digests(path: Path, size: int, part_size: int | None):
-    """sha256 (and part MD5) state of the first ``size`` bytes of ``path``: kept from the tar
-    stage of this process, or read again (a new process, e.g. after a crash)."""
+def _resume_digests(path: Path, size: int, parts: PartDigests | None):
+    """sha256 (and part checksum) state of the first ``size`` bytes of ``path``: kept from the
+    tar stage of this process, or read again into ``parts`` (a new process, e.g. after a
+    crash, or another part plan)."""
     with _hash_lock:
         cached = _hash_cache.pop(str(path), None)
     if cached and cached[0] == size:
-        parts = cached[2]
-        if not part_size or (parts and parts.part_size == part_size):
-            return cached[1].copy(), parts.copy() if part_size else None
-    digest, parts = hashlib.sha256(), PartDigests(part_size) if part_size else None
+        kept = cached[2]
+        if parts is None or (kept is not None and kept.same_plan(parts)):
+            return cached[1].copy(), kept.copy() if parts else None
+    digest = hashlib.sha256()
     with open(path, "rb") as handle:
         remaining = size
         while remaining and (chunk := handle.read(min(CHUNK, remaining))):
@@ -237,12 +267,12 @@ def file_sha256(path: Path) -> str:
 class Finished:
     sha256: str
     size: int
-    part_md5: list[str] | None  # hex, one per upload part of ``part_size`` (when asked for)
+    part_sums: list[str] | None  # hex, one per upload part (when asked for)
 
 
 def finish_archive(files_part: Path, files_part_size: int, tar_written: int, dump: Path,
                    manifest: dict, archive: Path, level: int, threads: int,
-                   progress: Callable[[int], None] | None = None, part_size: int | None = None) -> Finished:
+                   progress: Callable[[int], None] | None = None, parts: PartDigests | None = None) -> Finished:
     """Append database.sql, manifest.json and the end blocks to the files part, then give it
     the final name. Safe to repeat after a crash: the files part is cut back to its recorded
     size first, and the final name only appears once everything is on disk.
@@ -251,7 +281,7 @@ def finish_archive(files_part: Path, files_part_size: int, tar_written: int, dum
         raise PartLost(f"{files_part} is shorter than its receipt says (lost in a crash)")
     try:
         os.truncate(files_part, files_part_size)
-        digest, parts = _resume_digests(files_part, files_part_size, part_size)
+        digest, parts = _resume_digests(files_part, files_part_size, parts)
         fd = os.open(files_part, os.O_WRONLY | os.O_APPEND)
         sink = HashingWriter(fd, digest, files_part_size, parts)
         try:

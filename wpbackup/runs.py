@@ -105,7 +105,7 @@ def open_run(run: Run) -> bool:
         return True
 
 
-INTERMEDIATES = ("database.sql", "files.part.zst", "part-md5.json", "upload-state.json")
+INTERMEDIATES = ("database.sql", "files.part.zst", "part-sums.json", "upload-state.json")
 
 
 def close_run(run: Run) -> None:

@@ -100,7 +100,7 @@ def describe(exc: Exception, endpoint: str | None, bucket: str) -> BackupError:
         if code in ("NoSuchBucket", "404") and "bucket" in str(err.get("Message", "")).lower():
             return BackupError(f"S3 bucket does not exist: {where}")
         if code in ("BadDigest", "InvalidDigest"):
-            return BackupError(f"S3 received a part that does not match its MD5 ({code}) at {where}: altered on "
+            return BackupError(f"S3 received a part that does not match its checksum ({code}) at {where}: altered on "
                                "the way, or the local archive changed after it was written (check it with "
                                "sha256sum -c on its .sha256 file)")
         return BackupError(f"S3 error {code} at {where}: {err.get('Message', exc)}")
@@ -303,7 +303,7 @@ def verify_object(client, bucket: str, key: str, size: int, sha256: str, etag: s
 
 def upload_archive(client, bucket: str, key: str, path: Path, sha256: str, metadata: dict[str, str],
                    state_path: Path, *, storage_class: str | None = None, part_size: int | None = None,
-                   checksum: str = "none", part_md5: list[str] | None = None,
+                   checksum: str = "none", part_sums: list[str] | None = None,
                    progress: Callable[[int], None] | None = None) -> Uploaded:
     """Upload ``path`` to ``key`` (resuming a cut-off multipart upload) and verify it.
 
@@ -313,16 +313,17 @@ def upload_archive(client, bucket: str, key: str, path: Path, sha256: str, metad
     instead, and the provider's composite CRC32 of the object is verified: for providers that
     accept these headers (AWS S3), it saves the MD5 pass, the slowest of the hashes.
 
-    ``part_md5`` (hex, one per part of ``part_size``) are the parts' MD5s as computed while
-    the archive was written: sent as they are, so the provider checks what it receives
-    against the archive as written, and no part is read twice."""
+    ``part_sums`` (hex, one per part of ``part_size``: MD5s, or CRC32s in CRC32 mode) are the
+    parts' checksums as computed while the archive was written: sent as they are, so the
+    provider checks what it receives against the archive as written, and no part is read
+    twice."""
     if checksum not in CHECKSUMS:
         raise BackupError(f"unknown S3 checksum mode {checksum!r} (one of {', '.join(CHECKSUMS)})")
     crc = checksum == "crc32"
     size = path.stat().st_size
     part_size = part_size or part_size_for(size)
     count = math.ceil(size / part_size)
-    written = [bytes.fromhex(h) for h in part_md5] if part_md5 and not crc and len(part_md5) == count else None
+    written = [bytes.fromhex(h) for h in part_sums] if part_sums and len(part_sums) == count else None
     extra = {"Metadata": {**metadata, "sha256": sha256}, "ContentType": "application/zstd"}
     if storage_class:
         extra["StorageClass"] = storage_class
@@ -336,7 +337,7 @@ def upload_archive(client, bucket: str, key: str, path: Path, sha256: str, metad
         with open(path, "rb") as handle:
             data = handle.read()
         if crc:
-            md5, crc32 = None, _b64(binascii.crc32(data).to_bytes(4, "big"))
+            md5, crc32 = None, _b64(written[0] if written else binascii.crc32(data).to_bytes(4, "big"))
             more = {"ChecksumAlgorithm": "CRC32", "ChecksumCRC32": crc32}
         else:
             md5, crc32 = written[0] if written else _md5(data), None
@@ -394,7 +395,10 @@ def upload_archive(client, bucket: str, key: str, path: Path, sha256: str, metad
             return
         length = min(part_size, size - (number - 1) * part_size)
         body = PartReader(fd, (number - 1) * part_size, length)
-        md5, crc32 = (written[number - 1], None) if written else body.digests(crc)
+        if written:
+            md5, crc32 = (None, written[number - 1]) if crc else (written[number - 1], None)
+        else:
+            md5, crc32 = body.digests(crc)
         more = {"ChecksumCRC32": _b64(crc32)} if crc32 else {"ContentMD5": _b64(md5)}
         try:
             response = client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number,
@@ -402,7 +406,7 @@ def upload_archive(client, bucket: str, key: str, path: Path, sha256: str, metad
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code")
             if written and code in ("BadDigest", "InvalidDigest"):
-                raise ArchiveChanged(f"S3 refused part {number} of {key} ({code}): its bytes do not match the MD5 "
+                raise ArchiveChanged(f"S3 refused part {number} of {key} ({code}): its bytes do not match the checksum "
                                      f"taken when the archive was written; {path} has changed since, or the bytes "
                                      f"were altered on the way (check it with sha256sum -c {path.name}.sha256); "
                                      "the upload was aborted") from None

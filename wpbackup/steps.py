@@ -172,12 +172,14 @@ def _skip_set(settings: Settings) -> set[tuple[int, int]]:
     return skip
 
 
-def md5_part_size(settings: Settings) -> int | None:
-    """The part size the upload will use, when its Content-MD5s can be computed while the
-    archive is written (S3 on, S3_CHECKSUM=none, an archive under 10,000 default parts)."""
-    if not settings.s3_enabled or settings.s3_checksum != "none":
+def part_plan(settings: Settings) -> archive.PartDigests | None:
+    """Checksums of the upload's parts, to compute while the archive is written (S3 on): MD5
+    for Content-MD5, or CRC32 with S3_CHECKSUM=crc32, at the part size the upload will use for
+    any archive under 10,000 parts of S3_PART_SIZE_MB (larger ones compute them at upload)."""
+    if not settings.s3_enabled:
         return None
-    return part_size_for(0, settings.s3_part_size_mb)
+    return archive.PartDigests(part_size_for(0, settings.s3_part_size_mb),
+                               "crc32" if settings.s3_checksum == "crc32" else "md5")
 
 
 def tar_stage(settings: Settings, site: Site, run: Run) -> dict:
@@ -194,7 +196,7 @@ def tar_stage(settings: Settings, site: Site, run: Run) -> dict:
         part = archive.write_files_part(
             site.path, site.files, wp_config, site.excludes, _skip_set(settings),
             run.folder / "files.part.zst", settings.zstd_level, settings.zstd_threads, progress.add,
-            md5_part_size(settings))
+            part_plan(settings))
         stats = part.stats
         receipt = run.write_receipt("tar", {
             "size": part.size, "written": stats.written, "files": stats.files, "bytes": stats.bytes,
@@ -246,14 +248,14 @@ def compress_stage(settings: Settings, site: Site, run: Run) -> dict:
             raise BackupError("the dump and tar stages of this run have not finished")
         files_part = run.folder / "files.part.zst"
         progress = Progress(f"{site.name} compress")
-        part_size, part_md5 = md5_part_size(settings), None
+        plan, part_sums = part_plan(settings), None
         if files_part.exists():
             try:
                 finished = archive.finish_archive(
                     files_part, tar["size"], tar["written"], run.folder / "database.sql",
                     manifest(settings, site, run, dump, tar), target,
-                    settings.zstd_level, settings.zstd_threads, progress.add, part_size)
-                sha256, size, part_md5 = finished.sha256, finished.size, finished.part_md5
+                    settings.zstd_level, settings.zstd_threads, progress.add, plan)
+                sha256, size, part_sums = finished.sha256, finished.size, finished.part_sums
             except archive.PartLost as exc:
                 run.receipt_path("tar").unlink(missing_ok=True)
                 files_part.unlink(missing_ok=True)
@@ -263,26 +265,30 @@ def compress_stage(settings: Settings, site: Site, run: Run) -> dict:
         else:
             raise BackupError(f"{files_part} is missing: the run's intermediates were removed")
         archive.write_sidecar(target, sha256)
-        if part_md5:  # the upload's Content-MD5s, computed while the archive was written
-            archive.write_atomic(run.folder / PART_MD5, json.dumps(
-                {"sha256": sha256, "size": size, "part_size": part_size, "md5": part_md5}).encode())
+        if plan and part_sums:  # the upload's part checksums, computed while the archive was written
+            archive.write_atomic(run.folder / PART_SUMS, json.dumps(
+                {"sha256": sha256, "size": size, "part_size": plan.part_size, "algorithm": plan.algorithm,
+                 "sums": part_sums}).encode())
         receipt = run.write_receipt("compress", {"archive": target.name, "sha256": sha256, "size": size})
         _info(settings, site, run, f"archive {target.name} written: {human_bytes(size)}")
         return receipt
     return guarded("compress", settings, site, run, work)
 
 
-PART_MD5 = "part-md5.json"
+PART_SUMS = "part-sums.json"
 
 
-def written_md5(run: Run, made: dict, part_size: int) -> list[str] | None:
-    """The part MD5s the compress stage computed for this archive and part size, if any."""
+def written_sums(run: Run, made: dict, part_size: int, checksum: str) -> list[str] | None:
+    """The part checksums the compress stage computed for this archive, if they fit the
+    upload about to start (same part size, the algorithm of its S3_CHECKSUM mode)."""
     try:
-        data = json.loads((run.folder / PART_MD5).read_text())
+        data = json.loads((run.folder / PART_SUMS).read_text())
     except (OSError, ValueError):
         return None
-    same = (data.get("sha256"), data.get("size"), data.get("part_size")) == (made["sha256"], made["size"], part_size)
-    return data.get("md5") if same else None
+    algorithm = "crc32" if checksum == "crc32" else "md5"
+    wanted = (made["sha256"], made["size"], part_size, algorithm)
+    same = (data.get("sha256"), data.get("size"), data.get("part_size"), data.get("algorithm")) == wanted
+    return data.get("sums") if same else None
 
 
 def upload_stage(settings: Settings, site: Site, run: Run) -> dict:
@@ -309,7 +315,8 @@ def upload_stage(settings: Settings, site: Site, run: Run) -> dict:
                 client, settings.s3_bucket, key, path, made["sha256"],
                 {"site": site.name, "server-id": settings.server_id}, run.folder / "upload-state.json",
                 storage_class=settings.s3_storage_class, checksum=settings.s3_checksum,
-                part_size=part_size, part_md5=written_md5(run, made, part_size), progress=progress.add)
+                part_size=part_size, part_sums=written_sums(run, made, part_size, settings.s3_checksum),
+                progress=progress.add)
         except BackupError:
             raise
         except Exception as exc:

@@ -1,0 +1,118 @@
+"""The upload's part checksums (MD5s for Content-MD5, or CRC32s with S3_CHECKSUM=crc32) are
+computed while the archive is written: they are the checksums of the archive's parts whether
+the compress stage runs in the process that wrote the files part or in a new one, S3 gets
+exactly those, and an archive that changed on disk after it was written is refused, never
+recorded as uploaded."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import zlib
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from wpbackup import archive, runs, steps
+from wpbackup.archive import PartDigests
+from wpbackup.settings import load_settings
+from wpbackup.sites import load_sites
+
+from .conftest import make_site
+
+PART = 5 << 20
+HEADER = {"none": "content-md5", "crc32": "x-amz-checksum-crc32"}
+
+
+def _sum(data: bytes, algorithm: str) -> bytes:
+    return hashlib.md5(data).digest() if algorithm == "md5" else zlib.crc32(data).to_bytes(4, "big")
+
+
+def _slices(path: Path, part_size: int, algorithm: str) -> list[bytes]:
+    sums = []
+    with open(path, "rb") as handle:
+        while chunk := handle.read(part_size):
+            sums.append(_sum(chunk, algorithm))
+    return sums
+
+
+@pytest.mark.parametrize("algorithm", ["md5", "crc32"])
+@pytest.mark.parametrize("total", [0, 1, 4096, 4096 * 3, 4096 * 3 + 1])
+def test_part_digests_cut_at_part_boundaries_whatever_the_chunks(total, algorithm):
+    data = (bytes(range(256)) * (total // 256 + 1))[:total]
+    parts = PartDigests(4096, algorithm)
+    for start in range(0, total, 1000):  # chunks that straddle the part boundaries
+        parts.update(data[start:start + 1000])
+    expected = [_sum(data[i:i + 4096], algorithm).hex() for i in range(0, total, 4096)]
+    assert parts.hexdigests() == expected
+    twin = parts.copy()
+    twin.update(b"more")
+    assert parts.hexdigests() == expected  # a copy moves on alone
+
+
+def _written(install, s3, proxy, wordpress, tmp_path, mode: str, new_process: bool):
+    """dump, tar and compress in this process; with ``new_process`` the compress stage finds
+    no hash state of the tar stage, as after a crash, and reads the files part again."""
+    install.use_s3(s3)
+    install.env.update(S3_ENDPOINT_URL=proxy.url, S3_PART_SIZE_MB="5", S3_CHECKSUM=mode)
+    install.sites.append({"name": "big", "path": str(make_site(tmp_path, wordpress, big_mb=22))})
+    install.write()
+    settings = load_settings({"WPBACKUP_ENV": str(install.env_path)})
+    [site] = load_sites(settings.sites_file)
+    run = runs.plan_run(settings.work_dir, "big", datetime.now(UTC), 20)
+    steps.dump_stage(settings, site, run)
+    steps.tar_stage(settings, site, run)
+    if new_process:
+        archive._hash_cache.clear()
+    made = steps.compress_stage(settings, site, run)
+    return run, settings.backup_dir / made["archive"]
+
+
+@pytest.mark.parametrize("mode, new_process", [("none", False), ("none", True), ("crc32", False), ("crc32", True)])
+def test_the_part_checksums_written_with_the_archive_are_what_s3_gets(install, wordpress, s3, s3_proxy, tmp_path,
+                                                                      mode, new_process):
+    s3_proxy.check_sums = True
+    run, path = _written(install, s3, s3_proxy, wordpress, tmp_path, mode, new_process)
+    algorithm = "crc32" if mode == "crc32" else "md5"
+    expected = _slices(path, PART, algorithm)
+    assert len(expected) >= 4
+    stored = json.loads((run.folder / "part-sums.json").read_text())
+    assert (stored["part_size"], stored["algorithm"], stored["sums"]) == (PART, algorithm, [d.hex() for d in expected])
+
+    result = install.doit("backup")
+    assert result.returncode == 0, result.stdout + result.stderr
+    sent = {number: headers[HEADER[mode]] for number, headers in s3_proxy.part_headers}
+    assert sent == {number: base64.b64encode(d).decode() for number, d in enumerate(expected, 1)}
+    assert len(install.rows("SELECT * FROM s3_archives")) == 1
+    assert not (run.folder / "part-sums.json").exists()  # an intermediate: gone when the run closes
+
+
+@pytest.mark.parametrize("mode, provider_checks", [("none", False), ("none", True), ("crc32", True), ("crc32", False)])
+def test_an_archive_changed_after_it_was_written_is_not_uploaded(install, wordpress, s3, s3_proxy, tmp_path,
+                                                                  mode, provider_checks):
+    """moto stores what it gets and our ETag check finds the difference; AWS S3 answers
+    BadDigest (the proxy does it here). Either way the upload stops, says why, and is aborted.
+    With CRC32s on a provider that checks none (moto), the object's CRC32 gives it away."""
+    s3_proxy.check_sums = provider_checks
+    run, path = _written(install, s3, s3_proxy, wordpress, tmp_path, mode, False)
+    with open(path, "r+b") as handle:  # a bit flipped on disk in the second part
+        handle.seek(PART + 1234)
+        byte = handle.read(1)
+        handle.seek(PART + 1234)
+        handle.write(bytes([byte[0] ^ 0x01]))
+    result = install.doit("backup")
+    out = result.stdout + result.stderr
+    assert result.returncode != 0 and "Traceback" not in out
+    assert install.rows("SELECT * FROM s3_archives") == []
+    if mode == "crc32" and not provider_checks:
+        assert "the provider's CRC32 does not match the local archive" in out
+        return  # the upload was complete when that showed: the object stays, unrecorded
+    expected = "BadDigest): its bytes do not match" if provider_checks else "no longer holds the bytes written"
+    assert expected in out and f"sha256sum -c {path.name}.sha256" in out and "the upload was aborted" in out
+    assert s3.s3.list_objects_v2(Bucket=s3.bucket).get("KeyCount") == 0
+    # nothing to resume from a damaged archive: the upload is aborted, so removing the run
+    # folder (docs/troubleshooting.md) leaves no unfinished upload behind to bill
+    assert s3.s3.list_multipart_uploads(Bucket=s3.bucket).get("Uploads", []) == []
+    assert not (run.folder / "upload-state.json").exists()
