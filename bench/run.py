@@ -116,7 +116,9 @@ class MotoProcess:
         self.start()
 
     def start(self) -> None:
-        self.joins = Path(tempfile.mkstemp(prefix="wpb-bench-joins-")[1])
+        fd, name = tempfile.mkstemp(prefix="wpb-bench-joins-")
+        os.close(fd)
+        self.joins = Path(name)
         self.proc = subprocess.Popen([sys.executable, str(HERE / "s3server.py"), str(self.joins), "-H", "127.0.0.1",
                                       "-p", str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         import urllib.request

@@ -26,6 +26,7 @@ class S3Proxy:
         self.parts_seen = 0
         self.part_headers: list[tuple[int, dict[str, str]]] = []  # (part number, headers) as received
         self.check_sums = False
+        self.refuse_delete = False  # DELETE (abort an upload, delete an object) answered 503
         self.hanging = threading.Event()
         self.release = threading.Event()
         self.lock = threading.Lock()
@@ -65,7 +66,7 @@ class S3Proxy:
                     self.end_headers()
                     self.wfile.write(payload)
                     return
-                if fault:
+                if fault or (proxy.refuse_delete and self.command == "DELETE"):
                     payload = (b"<?xml version='1.0'?><Error><Code>ServiceUnavailable</Code>"
                                b"<Message>refused by the test proxy</Message></Error>")
                     self.send_response(503)

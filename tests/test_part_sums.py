@@ -116,3 +116,47 @@ def test_an_archive_changed_after_it_was_written_is_not_uploaded(install, wordpr
     # folder (docs/troubleshooting.md) leaves no unfinished upload behind to bill
     assert s3.s3.list_multipart_uploads(Bucket=s3.bucket).get("Uploads", []) == []
     assert not (run.folder / "upload-state.json").exists()
+
+
+def test_an_abort_that_fails_is_kept_for_a_later_run(install, wordpress, s3, s3_proxy, tmp_path):
+    s3_proxy.check_sums, s3_proxy.refuse_delete = True, True
+    run, path = _written(install, s3, s3_proxy, wordpress, tmp_path, "none", False)
+    with open(path, "r+b") as handle:
+        handle.seek(PART + 99)
+        byte = handle.read(1)
+        handle.seek(PART + 99)
+        handle.write(bytes([byte[0] ^ 0x01]))
+    install.env["S3_MAX_ATTEMPTS"] = "1"
+    result = install.doit("backup")
+    assert result.returncode != 0 and "BadDigest" in result.stdout + result.stderr
+    [upload] = s3.s3.list_multipart_uploads(Bucket=s3.bucket)["Uploads"]
+    pending = json.loads((install.backup_dir / ".work" / "pending-aborts.json").read_text())
+    assert pending == [[upload["Key"], upload["UploadId"]]]
+
+
+def test_an_archive_cut_short_after_it_was_written_is_refused(install, wordpress, s3, s3_proxy, tmp_path):
+    run, path = _written(install, s3, s3_proxy, wordpress, tmp_path, "none", False)
+    size = path.stat().st_size
+    with open(path, "r+b") as handle:
+        handle.truncate(size - PART)  # one part fewer: the part checksums cannot cover it
+    result = install.doit("backup")
+    out = result.stdout + result.stderr
+    assert result.returncode != 0 and "Traceback" not in out
+    assert f"is {size - PART} bytes, not the {size} it was written with" in out
+    assert install.rows("SELECT * FROM s3_archives") == []
+    assert s3.s3.list_objects_v2(Bucket=s3.bucket).get("KeyCount") == 0
+
+
+def test_checksums_of_another_mode_are_not_used(install, wordpress, s3, s3_proxy, tmp_path):
+    """Written with MD5s, uploaded after S3_CHECKSUM changed to crc32: the CRC32s are computed
+    at upload time, and the provider's CRC32 check passes."""
+    s3_proxy.check_sums = True
+    run, path = _written(install, s3, s3_proxy, wordpress, tmp_path, "none", False)
+    install.env["S3_CHECKSUM"] = "crc32"
+    result = install.doit("backup")
+    assert result.returncode == 0, result.stdout + result.stderr
+    expected = _slices(path, PART, "crc32")
+    sent = {number: headers["x-amz-checksum-crc32"] for number, headers in s3_proxy.part_headers}
+    assert sent == {number: base64.b64encode(d).decode() for number, d in enumerate(expected, 1)}
+    assert "verified (crc32)" in result.stdout + result.stderr
+    assert len(install.rows("SELECT * FROM s3_archives")) == 1

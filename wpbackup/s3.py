@@ -303,7 +303,7 @@ def verify_object(client, bucket: str, key: str, size: int, sha256: str, etag: s
 
 def upload_archive(client, bucket: str, key: str, path: Path, sha256: str, metadata: dict[str, str],
                    state_path: Path, *, storage_class: str | None = None, part_size: int | None = None,
-                   checksum: str = "none", part_sums: list[str] | None = None,
+                   checksum: str = "none", part_sums: list[str] | None = None, pending: Path | None = None,
                    progress: Callable[[int], None] | None = None) -> Uploaded:
     """Upload ``path`` to ``key`` (resuming a cut-off multipart upload) and verify it.
 
@@ -316,14 +316,18 @@ def upload_archive(client, bucket: str, key: str, path: Path, sha256: str, metad
     ``part_sums`` (hex, one per part of ``part_size``: MD5s, or CRC32s in CRC32 mode) are the
     parts' checksums as computed while the archive was written: sent as they are, so the
     provider checks what it receives against the archive as written, and no part is read
-    twice."""
+    twice. An archive no longer as written is refused (ArchiveChanged) and its multipart upload
+    aborted; one that cannot be aborted now is kept in ``pending`` for a later run."""
     if checksum not in CHECKSUMS:
         raise BackupError(f"unknown S3 checksum mode {checksum!r} (one of {', '.join(CHECKSUMS)})")
     crc = checksum == "crc32"
     size = path.stat().st_size
     part_size = part_size or part_size_for(size)
     count = math.ceil(size / part_size)
-    written = [bytes.fromhex(h) for h in part_sums] if part_sums and len(part_sums) == count else None
+    if part_sums is not None and len(part_sums) != count:
+        raise ArchiveChanged(f"{path} is {size} bytes, not the size it was written with "
+                             f"(check it with sha256sum -c {path.name}.sha256)")
+    written = [bytes.fromhex(h) for h in part_sums] if part_sums else None
     extra = {"Metadata": {**metadata, "sha256": sha256}, "ContentType": "application/zstd"}
     if storage_class:
         extra["StorageClass"] = storage_class
@@ -388,11 +392,20 @@ def upload_archive(client, bucket: str, key: str, path: Path, sha256: str, metad
 
     fd = os.open(path, os.O_RDONLY)
 
-    failed = threading.Event()
+    failed, changed = threading.Event(), threading.Event()
 
     def send(number: int) -> None:
         if failed.is_set() or stopping.is_set():
             return
+        try:
+            _send(number)
+        except BaseException as exc:
+            failed.set()  # the parts still queued are not sent; the next run resumes
+            if isinstance(exc, ArchiveChanged):
+                changed.set()
+            raise
+
+    def _send(number: int) -> None:
         length = min(part_size, size - (number - 1) * part_size)
         body = PartReader(fd, (number - 1) * part_size, length)
         if written:
@@ -413,7 +426,7 @@ def upload_archive(client, bucket: str, key: str, path: Path, sha256: str, metad
             raise
         etag = response["ETag"].strip('"')
         if md5 and etag != md5.hex() and _MD5_ETAG.match(etag):
-            if written:
+            if written and body.digests()[0] != md5:  # else the provider's ETag is no plain MD5 (SSE-KMS...)
                 raise ArchiveChanged(f"S3 stored part {number} of {key} with another checksum: {path} no longer "
                                      f"holds the bytes written (check it with sha256sum -c {path.name}.sha256); "
                                      "the upload was aborted")
@@ -427,26 +440,26 @@ def upload_archive(client, bucket: str, key: str, path: Path, sha256: str, metad
             progress(length)
 
     pool = ThreadPoolExecutor(max_workers=CONCURRENCY)
-    changed = False
     try:
         futures = [pool.submit(send, n) for n in range(1, count + 1) if n not in done]
         for future in futures:
             try:
                 future.result()
-            except BaseException as exc:
-                failed.set()  # the parts still queued are not sent; the next run resumes
-                changed = isinstance(exc, ArchiveChanged)
+            except BaseException:
+                failed.set()
                 raise
         if stopping.is_set():
             raise BackupError("stopped by a signal; the next run resumes the upload")
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         os.close(fd)
-        if changed:  # no resuming this one: its parts came from a damaged archive
+        if changed.is_set():  # no resuming this one: its parts came from a damaged archive
             try:
                 abort_upload(client, bucket, key, upload_id)
             except (ClientError, BotoCoreError):
-                pass  # the provider's lifecycle rule for incomplete uploads, if any, ends it
+                if pending is None:
+                    raise
+                remember_abort(pending, key, upload_id)  # a later run aborts it
             state_path.unlink(missing_ok=True)
         else:
             state.save()

@@ -288,7 +288,11 @@ def written_sums(run: Run, made: dict, part_size: int, checksum: str) -> list[st
     algorithm = "crc32" if checksum == "crc32" else "md5"
     wanted = (made["sha256"], made["size"], part_size, algorithm)
     same = (data.get("sha256"), data.get("size"), data.get("part_size"), data.get("algorithm")) == wanted
-    return data.get("sums") if same else None
+    sums = data.get("sums") if same else None
+    try:
+        return sums if isinstance(sums, list) and all(bytes.fromhex(h) for h in sums) else None
+    except (TypeError, ValueError):  # a damaged file: the upload computes them itself
+        return None
 
 
 def upload_stage(settings: Settings, site: Site, run: Run) -> dict:
@@ -305,6 +309,13 @@ def upload_stage(settings: Settings, site: Site, run: Run) -> dict:
                                        f"{settings.backup_dir}")
             return run.write_receipt("upload", {"local_only": True})
         path = settings.backup_dir / made["archive"]
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise BackupError(f"{path} is missing: it was removed after it was written") from None
+        if size != made["size"]:
+            raise BackupError(f"{path} is {size} bytes, not the {made['size']} it was written with: it changed on "
+                              f"disk (check it with sha256sum -c {path.name}.sha256)")
         part_size = part_size_for(made["size"], settings.s3_part_size_mb)
         key = object_key(settings.s3_prefix, settings.server_id, run.stamp, made["archive"])
         progress = Progress(f"{site.name} upload", made["size"])
@@ -316,7 +327,7 @@ def upload_stage(settings: Settings, site: Site, run: Run) -> dict:
                 {"site": site.name, "server-id": settings.server_id}, run.folder / "upload-state.json",
                 storage_class=settings.s3_storage_class, checksum=settings.s3_checksum,
                 part_size=part_size, part_sums=written_sums(run, made, part_size, settings.s3_checksum),
-                progress=progress.add)
+                pending=pending_aborts(settings), progress=progress.add)
         except BackupError:
             raise
         except Exception as exc:

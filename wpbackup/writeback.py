@@ -10,7 +10,6 @@ fsync finds little left. Elsewhere, or where libc lacks it, this does nothing.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 EVERY = 32 << 20  # bytes written between two hints
 _SYNC_FILE_RANGE_WRITE = 2
@@ -18,7 +17,7 @@ _SYNC_FILE_RANGE_WRITE = 2
 
 def _load():
     try:
-        function = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).sync_file_range
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range  # libc, already loaded
     except (OSError, AttributeError, TypeError):
         return None
     function.argtypes = (ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint)
