@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import zlib
 from pathlib import Path
 
@@ -101,3 +102,28 @@ def test_one_client_per_configuration_and_process(tmp_path):
     assert make_client(Settings(**{**base, "s3_endpoint_url": "http://127.0.0.1:10"})) is not first
     assert make_client(Settings(**{**base, "s3_secret_access_key": "c"})) is not first
     assert first.meta.config.max_pool_connections >= 16  # two uploads of 8 parts in flight
+
+
+def test_the_upload_state_is_rewritten_at_most_once_a_second_past_64_parts(tmp_path):
+    """Each rewrite holds every part (quadratic at 10,000 parts); a part not yet recorded when
+    the process dies is only sent again, and the final save records them all."""
+    from wpbackup.s3 import _State
+
+    path = tmp_path / "upload-state.json"
+    state = _State(path)
+    state.data = {"upload_id": "u", "parts": {}}
+    for number in range(1, 65):
+        state.data["parts"][str(number)] = f"etag{number}"
+        state.save(soon=True)
+        assert len(json.loads(path.read_text())["parts"]) == number  # few parts: after each one
+    state.data["parts"]["65"] = "etag65"
+    state.saved_at += 3600  # as if it had just been saved, whatever the machine's speed
+    state.save(soon=True)
+    assert len(json.loads(path.read_text())["parts"]) == 64
+    state.saved_at -= 7200  # more than a second ago
+    state.save(soon=True)
+    assert len(json.loads(path.read_text())["parts"]) == 65
+    state.data["parts"]["66"] = "etag66"
+    state.saved_at += 7200
+    state.save()  # the final save, whenever it comes
+    assert len(json.loads(path.read_text())["parts"]) == 66
