@@ -27,6 +27,7 @@ class S3Proxy:
         self.part_headers: list[tuple[int, dict[str, str]]] = []  # (part number, headers) as received
         self.check_sums = False
         self.refuse_delete = False  # DELETE (abort an upload, delete an object) answered 503
+        self.etag_not_md5 = False  # part ETags replaced by other hex, as with SSE-KMS on AWS
         self.hanging = threading.Event()
         self.release = threading.Event()
         self.lock = threading.Lock()
@@ -83,6 +84,8 @@ class S3Proxy:
                 data = response.read()
                 self.send_response(response.status)
                 for key, value in response.getheaders():
+                    if key.lower() == "etag" and is_part and proxy.etag_not_md5:
+                        value = '"' + hashlib.md5(value.encode()).hexdigest() + '"'
                     if key.lower() not in ("transfer-encoding", "connection", "content-length", "server", "date"):
                         self.send_header(key, value)
                 length = response.getheader("Content-Length") if self.command == "HEAD" else len(data)
