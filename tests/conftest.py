@@ -151,3 +151,21 @@ def make_site(base: Path, wordpress: WordPress, big_mb: int = 0, name: str = "si
             for _ in range(big_mb):
                 handle.write(os.urandom(1 << 20))
     return root
+
+
+def dumped_and_tarred(install: Install, name: str):
+    """Write the install, plan a run of site ``name`` and do its dump and tar stages in this
+    process (the compress stage is the caller's): (settings, site, run)."""
+    from datetime import UTC, datetime
+
+    from wpbackup import runs, steps
+    from wpbackup.settings import load_settings
+    from wpbackup.sites import load_sites
+
+    install.write()
+    settings = load_settings({"WPBACKUP_ENV": str(install.env_path)})
+    site = next(s for s in load_sites(settings.sites_file) if s.name == name)
+    run = runs.plan_run(settings.work_dir, name, datetime.now(UTC), 20)
+    steps.dump_stage(settings, site, run)
+    steps.tar_stage(settings, site, run)
+    return settings, site, run

@@ -39,6 +39,15 @@ class S3Proxy:
             def log_message(self, *args):
                 pass
 
+            def _error(self, status: int, code: str, message: str) -> None:
+                payload = (f"<?xml version='1.0'?><Error><Code>{code}</Code>"
+                           f"<Message>{message}</Message></Error>").encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
             def _handle(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
@@ -59,23 +68,9 @@ class S3Proxy:
                 wrong = bool(sent_md5) and base64.b64encode(hashlib.md5(body).digest()).decode() != sent_md5
                 wrong |= bool(sent_crc) and base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode() != sent_crc
                 if proxy.check_sums and wrong:
-                    payload = (b"<?xml version='1.0'?><Error><Code>BadDigest</Code><Message>The Content-MD5 "
-                               b"you specified did not match what we received.</Message></Error>")
-                    self.send_response(400)
-                    self.send_header("Content-Type", "application/xml")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                    return
+                    return self._error(400, "BadDigest", "The checksum you specified did not match what we received.")
                 if fault or (proxy.refuse_delete and self.command == "DELETE"):
-                    payload = (b"<?xml version='1.0'?><Error><Code>ServiceUnavailable</Code>"
-                               b"<Message>refused by the test proxy</Message></Error>")
-                    self.send_response(503)
-                    self.send_header("Content-Type", "application/xml")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                    return
+                    return self._error(503, "ServiceUnavailable", "refused by the test proxy")
                 conn = http.client.HTTPConnection(*proxy.upstream, timeout=60)
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
                 headers["Host"] = f"{proxy.upstream[0]}:{proxy.upstream[1]}"

@@ -10,17 +10,14 @@ import base64
 import hashlib
 import json
 import zlib
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from wpbackup import archive, runs, steps
+from wpbackup import archive, steps
 from wpbackup.archive import PartDigests
-from wpbackup.settings import load_settings
-from wpbackup.sites import load_sites
 
-from .conftest import make_site
+from .conftest import dumped_and_tarred, make_site
 
 PART = 5 << 20
 HEADER = {"none": "content-md5", "crc32": "x-amz-checksum-crc32"}
@@ -58,12 +55,7 @@ def _written(install, s3, proxy, wordpress, tmp_path, mode: str, new_process: bo
     install.use_s3(s3)
     install.env.update(S3_ENDPOINT_URL=proxy.url, S3_PART_SIZE_MB="5", S3_CHECKSUM=mode)
     install.sites.append({"name": "big", "path": str(make_site(tmp_path, wordpress, big_mb=22))})
-    install.write()
-    settings = load_settings({"WPBACKUP_ENV": str(install.env_path)})
-    [site] = load_sites(settings.sites_file)
-    run = runs.plan_run(settings.work_dir, "big", datetime.now(UTC), 20)
-    steps.dump_stage(settings, site, run)
-    steps.tar_stage(settings, site, run)
+    settings, site, run = dumped_and_tarred(install, "big")
     if new_process:
         archive._hash_cache.clear()
     made = steps.compress_stage(settings, site, run)

@@ -13,7 +13,7 @@ import time
 import zlib
 from pathlib import Path
 
-from .conftest import make_site
+from .conftest import dumped_and_tarred, make_site
 
 
 def _wait(predicate, proc: subprocess.Popen, timeout: float = 90) -> None:
@@ -225,20 +225,11 @@ def test_stale_open_run_is_abandoned_and_cleaned(install, wordpress, s3, s3_prox
 def test_files_part_cut_short_by_a_crash_is_archived_again(install, wordpress, tmp_path):
     """The files part is not fsynced (the archive is, once): if a crash cut it short, the
     compress stage notices, drops the tar receipt, and the next run redoes the tar stage."""
-    from datetime import UTC, datetime
-
-    from wpbackup import runs, steps
+    from wpbackup import steps
     from wpbackup.errors import BackupError
-    from wpbackup.settings import load_settings
-    from wpbackup.sites import load_sites
 
     install.sites.append({"name": "blog", "path": str(make_site(tmp_path, wordpress, big_mb=2))})
-    install.write()
-    settings = load_settings({"WPBACKUP_ENV": str(install.env_path)})
-    [site] = load_sites(settings.sites_file)
-    run = runs.plan_run(settings.work_dir, "blog", datetime.now(UTC), 20)
-    steps.dump_stage(settings, site, run)
-    steps.tar_stage(settings, site, run)
+    settings, site, run = dumped_and_tarred(install, "blog")
     part = run.folder / "files.part.zst"
     os.truncate(part, part.stat().st_size // 2)
     try:

@@ -172,6 +172,11 @@ def _skip_set(settings: Settings) -> set[tuple[int, int]]:
     return skip
 
 
+def part_algorithm(checksum: str) -> str:
+    """The part checksum an upload in this S3_CHECKSUM mode sends: CRC32, or MD5 (Content-MD5)."""
+    return "crc32" if checksum == "crc32" else "md5"
+
+
 def part_plan(settings: Settings) -> archive.PartDigests | None:
     """Checksums of the upload's parts, to compute while the archive is written (S3 on): MD5
     for Content-MD5, or CRC32 with S3_CHECKSUM=crc32, at the part size the upload will use for
@@ -179,7 +184,7 @@ def part_plan(settings: Settings) -> archive.PartDigests | None:
     if not settings.s3_enabled:
         return None
     return archive.PartDigests(part_size_for(0, settings.s3_part_size_mb),
-                               "crc32" if settings.s3_checksum == "crc32" else "md5")
+                               part_algorithm(settings.s3_checksum))
 
 
 def tar_stage(settings: Settings, site: Site, run: Run) -> dict:
@@ -285,8 +290,7 @@ def written_sums(run: Run, made: dict, part_size: int, checksum: str) -> list[st
         data = json.loads((run.folder / PART_SUMS).read_text())
     except (OSError, ValueError):
         return None
-    algorithm = "crc32" if checksum == "crc32" else "md5"
-    wanted = (made["sha256"], made["size"], part_size, algorithm)
+    wanted = (made["sha256"], made["size"], part_size, part_algorithm(checksum))
     same = (data.get("sha256"), data.get("size"), data.get("part_size"), data.get("algorithm")) == wanted
     sums = data.get("sums") if same else None
     try:
