@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 
 from wpbackup import catalog, children, lock, runs
 from wpbackup.console import log, setup_logging
@@ -78,12 +78,12 @@ def fail(problems: list[str], settings: Settings | None, mutating: bool) -> None
 def _fresh_second(settings: Settings, sites: list[Site]) -> datetime:
     """Now, but never the second of a run that already closed (its archive has that name):
     back-to-back runs wait for the next second instead of reusing or faking a stamp."""
-    now = datetime.now(UTC)
+    now = datetime.now(timezone.utc)
     closed = [state.get("stamp", "") for site in sites
               if (state := runs.read_state(settings.work_dir / site.name)) and state.get("closed")]
     if closed and max(closed) >= runs.make_stamp(now):
         time.sleep(1.05 - now.microsecond / 1e6)
-        now = datetime.now(UTC)
+        now = datetime.now(timezone.utc)
     return now
 
 
@@ -106,7 +106,7 @@ def load(argv: list[str] | None = None) -> Context:
             raise SystemExit(4) from None
         signal.signal(signal.SIGTERM, _on_sigterm)
         signal.signal(signal.SIGHUP, _on_sigterm)
-    now = _fresh_second(settings, sites) if mutating else datetime.now(UTC)
+    now = _fresh_second(settings, sites) if mutating else datetime.now(timezone.utc)
     plans = {site.name: runs.plan_run(settings.work_dir, site.name, now, settings.stale_run_hours)
              for site in sites if site.enabled}
     return Context(settings, sites, plans, mutating, doit_command(argv) == "run" and not mutating)

@@ -156,7 +156,7 @@ def make_site(base: Path, wordpress: WordPress, big_mb: int = 0, name: str = "si
 def dumped_and_tarred(install: Install, name: str):
     """Write the install, plan a run of site ``name`` and do its dump and tar stages in this
     process (the compress stage is the caller's): (settings, site, run)."""
-    from datetime import UTC, datetime
+    from datetime import datetime, timezone
 
     from wpbackup import runs, steps
     from wpbackup.settings import load_settings
@@ -165,7 +165,7 @@ def dumped_and_tarred(install: Install, name: str):
     install.write()
     settings = load_settings({"WPBACKUP_ENV": str(install.env_path)})
     site = next(s for s in load_sites(settings.sites_file) if s.name == name)
-    run = runs.plan_run(settings.work_dir, name, datetime.now(UTC), 20)
+    run = runs.plan_run(settings.work_dir, name, datetime.now(timezone.utc), 20)
     steps.dump_stage(settings, site, run)
     steps.tar_stage(settings, site, run)
     return settings, site, run

@@ -12,7 +12,7 @@ import re
 import sqlite3
 import uuid
 from contextlib import closing
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 SCHEMA_VERSION = 1
@@ -40,7 +40,7 @@ _TABLES = {
 
 def now_utc() -> str:
     """Catalog timestamps: UTC, 'YYYY-MM-DD HH:MM:SS' (what SQLite's datetime() gives)."""
-    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def connect(path: Path) -> sqlite3.Connection:

@@ -40,7 +40,7 @@ def tracked(proc: subprocess.Popen) -> Iterator[subprocess.Popen]:
 
 def spawn(argv: list[str], **kwargs) -> subprocess.Popen:
     """Popen in a process group of its own (see terminate_all)."""
-    return subprocess.Popen(argv, process_group=0, **kwargs)
+    return subprocess.Popen(argv, start_new_session=True, **kwargs)  # its own group (3.10 lacks process_group=)
 
 
 def terminate_all() -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 from .errors import BackupError
@@ -29,6 +29,6 @@ def acquire(path: Path) -> None:
         os.close(fd)
         raise BackupError(f"a backup run is already in progress ({holder}); not starting another") from None
     os.ftruncate(fd, 0)
-    started = datetime.now(UTC).isoformat(timespec="seconds")
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     os.pwrite(fd, f"pid {os.getpid()}, started {started}\n".encode(), 0)
     _held[str(path)] = fd

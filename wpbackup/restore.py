@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import posixpath
 import re
 import shutil
 import stat
@@ -32,6 +31,7 @@ from . import catalog
 from .children import spawn, tracked
 from .console import Progress, human_bytes, log
 from .errors import BackupError, disk_error
+from .members import MemberCheck
 from .mysql import client_binary, explain, option_file, quote_identifier, run_query
 from .reader import CHUNK, open_members, sidecar_sha256
 from .s3 import make_client
@@ -126,22 +126,7 @@ def database_state(db: DbSettings) -> tuple[bool, int]:
     return int(rows[0][0]) > 0, int(rows[1][0])
 
 
-def _safe_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
-    """tarfile's 'data' filter (no absolute paths, no '..', no links leaving the target, no
-    devices), keeping the archived owners when we run as root. Absolute names, which the
-    'data' filter would quietly make relative, are refused too: no archive of ours has one."""
-    if member.name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", member.name):
-        raise BackupError(f"refused archive member {member.name!r}: absolute path; nothing was changed")
-    try:
-        safe = tarfile.data_filter(member, dest)
-    except tarfile.FilterError as exc:
-        raise BackupError(f"refused archive member {member.name!r}: {exc}; nothing was changed") from None
-    if os.geteuid() == 0:
-        safe = safe.replace(uid=member.uid, gid=member.gid, uname=None, gname=None, deep=False)
-    return safe
-
-
-def scan(archive: Path, dest: str, dump_to: Path | None, expected: str | None = None,
+def scan(archive: Path, dump_to: Path | None, expected: str | None = None,
          setid: list[str] | None = None) -> tuple[str, dict, int]:
     """Read the whole archive once: its sha256, every member checked as extraction would check
     it (plus: nothing may go through a symbolic link), database.sql copied to ``dump_to``, and
@@ -152,7 +137,7 @@ def scan(archive: Path, dest: str, dump_to: Path | None, expected: str | None = 
     with open(archive, "rb") as raw:
         hashed, tar = open_members(raw)
         try:
-            files = _scan_members(tar, dest, dump_to, manifest, setid if setid is not None else [])
+            files = _scan_members(tar, dump_to, manifest, setid if setid is not None else [])
             if not manifest:
                 raise BackupError(f"{archive.name} has no manifest.json: not an archive of this tool")
         except (zstandard.ZstdError, tarfile.TarError, EOFError, ValueError, BackupError) as exc:
@@ -167,18 +152,14 @@ def scan(archive: Path, dest: str, dump_to: Path | None, expected: str | None = 
     return hashed.digest.hexdigest(), manifest, files
 
 
-def _scan_members(tar, dest: str, dump_to: Path | None, manifest: dict, setid: list[str]) -> int:
+def _scan_members(tar, dump_to: Path | None, manifest: dict, setid: list[str]) -> int:
     """Check every member, fill ``manifest``, copy database.sql out; the site file count."""
-    links: dict[str, tuple[bool, str]] = {}
-    names: list[str] = []
+    checker = MemberCheck()
     files = 0
     for member in tar:
-        names.append(member.name.rstrip("/"))
-        _safe_filter(member, dest)
+        checker.check(member)
         if member.isfile() and member.mode & SETID:
             setid.append(member.name)
-        if member.issym() or member.islnk():
-            links[member.name.rstrip("/")] = (member.issym(), member.linkname)
         files += member.isfile() and member.name not in ("manifest.json", "database.sql")
         if member.name == "manifest.json" and member.isfile():
             manifest.update(json.loads(tar.extractfile(member).read(16 << 20)))
@@ -187,44 +168,8 @@ def _scan_members(tar, dest: str, dump_to: Path | None, manifest: dict, setid: l
             with os.fdopen(fd, "wb") as out:
                 shutil.copyfileobj(tar.extractfile(member), out, CHUNK)
     tar.close()
-    _check_links(names, links)
+    checker.finish()
     return files
-
-
-def _walk_target(base: str, target: str, symlinks: set[str]) -> bool:
-    """Follow a link target component by component, by name only: False when it leaves the
-    tree, or goes on through a component that is itself a symbolic link."""
-    if target.startswith("/"):
-        return False
-    stack = [p for p in base.split("/") if p]
-    parts = [p for p in target.split("/") if p not in ("", ".")]
-    for index, part in enumerate(parts):
-        if part == "..":
-            if not stack:
-                return False
-            stack.pop()
-            continue
-        stack.append(part)
-        if index < len(parts) - 1 and "/".join(stack) in symlinks:
-            return False
-    return True
-
-
-def _check_links(names: list[str], links: dict[str, tuple[bool, str]]) -> None:
-    """With the whole listing known, check links by their names alone (the folder is being
-    written meanwhile, so the disk proves nothing): no member and no link target may pass
-    through a symbolic link, and no link may lead out of the tree."""
-    symlinks = {name for name, (symbolic, _) in links.items() if symbolic}
-    for name in names:
-        parts = name.split("/")
-        if any("/".join(parts[:n]) in symlinks for n in range(1, len(parts))):
-            raise BackupError(f"refused archive member {name!r}: it goes through a symbolic link; "
-                              "nothing was changed")
-    for name, (symbolic, target) in links.items():
-        base = posixpath.dirname(name) if symbolic else ""
-        if not _walk_target(base, target, symlinks):
-            raise BackupError(f"refused archive member {name!r}: its link target {target!r} leaves the "
-                              "restored tree or goes through another link; nothing was changed")
 
 
 def extract_files(archive: Path, tmp: Path, stop: threading.Event) -> None:
@@ -415,8 +360,7 @@ def restore(settings: Settings, request: Request) -> dict:
                 worker.start()
             try:
                 setid.clear()
-                sha256, manifest, files = scan(archive, str(tmp or "/nonexistent-restore-root"), dump, expected,
-                                               setid)
+                sha256, manifest, files = scan(archive, dump, expected, setid)
                 damaged = expected is not None and sha256 != expected
             except UnreadableArchive:
                 damaged = True

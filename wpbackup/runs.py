@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from .archive import write_atomic
@@ -24,11 +24,11 @@ _open_lock = threading.Lock()
 
 
 def make_stamp(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime(STAMP_FORMAT)
+    return moment.astimezone(timezone.utc).strftime(STAMP_FORMAT)
 
 
 def parse_stamp(stamp: str) -> datetime:
-    return datetime.strptime(stamp, STAMP_FORMAT).replace(tzinfo=UTC)
+    return datetime.strptime(stamp, STAMP_FORMAT).replace(tzinfo=timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ def open_run(run: Run) -> bool:
             run.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
             return False
         run.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        data = {"stamp": run.stamp, "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        data = {"stamp": run.stamp, "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "closed": False}
         write_atomic(run.state_file, json.dumps(data).encode())
         return True
@@ -116,7 +116,7 @@ def close_run(run: Run) -> None:
     """
     with _open_lock:
         data = read_state(run.site_dir) or {"stamp": run.stamp}
-        data.update(closed=True, closed_at=datetime.now(UTC).isoformat(timespec="seconds"))
+        data.update(closed=True, closed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         write_atomic(run.state_file, json.dumps(data).encode())
         for name in INTERMEDIATES:
             (run.folder / name).unlink(missing_ok=True)

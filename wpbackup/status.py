@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 
 from . import catalog
 from .console import human_bytes
@@ -13,13 +13,13 @@ from .sites import Site
 def _age_hours(when: str, now: datetime) -> float:
     """Age of a backup: from its run stamp (when the data was taken) or a catalog timestamp."""
     fmt = "%Y%m%d-%H%M%S" if ":" not in when else "%Y-%m-%d %H:%M:%S"
-    moment = datetime.strptime(when, fmt).replace(tzinfo=UTC)
+    moment = datetime.strptime(when, fmt).replace(tzinfo=timezone.utc)
     return (now - moment).total_seconds() / 3600
 
 
 def status_lines(settings: Settings, sites: list[Site], now: datetime | None = None) -> tuple[list[str], bool]:
     """The status table and whether every site has a recent enough success."""
-    now = now or datetime.now(UTC)
+    now = now or datetime.now(timezone.utc)
     last = catalog.last_successes(settings.db_path)
     # AGE counts from the run's stamp: when the data was taken, not when the upload ended
     rows = [("SERVER", "SITE", "LAST SUCCESS (UTC)", "AGE", "SIZE", "STORED", "STATE")]

@@ -19,7 +19,7 @@ import re
 import shutil
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 from . import __version__, archive, catalog, runs
@@ -393,7 +393,7 @@ def catalog_stage(settings: Settings, site: Site, run: Run) -> dict:
                 size=sent["size"], sha256=sent["sha256"], site=site.name, server_id=settings.server_id,
                 stamp=run.stamp, archive_name=made["archive"], uploaded_at=sent["uploaded_at"])
         where = "local only" if sent.get("local_only") else f"s3://{sent['bucket']}/{sent['key']}"
-        elapsed = (datetime.now(UTC) - runs.parse_stamp(run.stamp)).total_seconds()
+        elapsed = (datetime.now(timezone.utc) - runs.parse_stamp(run.stamp)).total_seconds()
         details = (f"backup {made['archive']} complete: {human_bytes(made['size'])}, "
                    f"{len(dump['tables']) if dump else '?'} tables, {tar['files'] if tar else '?'} files, "
                    f"{where}")

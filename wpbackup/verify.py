@@ -19,6 +19,7 @@ from typing import BinaryIO
 import zstandard
 
 from .errors import BackupError
+from .members import MemberCheck
 from .mysql import quote_identifier, run_query
 from .reader import CHUNK, is_site_file, open_members, sidecar_sha256
 from .restore import Request, restore
@@ -46,11 +47,18 @@ def check_stream(raw: BinaryIO, name: str, where: str, expected_sha256: str | No
     check = ArchiveCheck(name, where)
     db_digest = None
     db_size = 0
+    members_check = MemberCheck()
+    refused = None
     try:
         hashed, tar = open_members(raw)
         members = []
         for member in tar:
             members.append(member)
+            if refused is None:
+                try:  # the very check restore makes: what verify calls good, restore accepts
+                    members_check.check(member)
+                except BackupError as exc:
+                    refused = str(exc)
             if member.name == "database.sql" and member.isfile():
                 digest = hashlib.sha256()
                 source = tar.extractfile(member)
@@ -68,6 +76,13 @@ def check_stream(raw: BinaryIO, name: str, where: str, expected_sha256: str | No
         return check
     if expected_sha256 and check.sha256 != expected_sha256:
         check.problems.append(f"sha256 {check.sha256} differs from the recorded {expected_sha256}")
+    if refused is None:
+        try:
+            members_check.finish()
+        except BackupError as exc:
+            refused = str(exc)
+    if refused is not None:
+        check.problems.append(f"restore would refuse it: {refused.removesuffix('; nothing was changed')}")
     manifest = check.manifest
     if manifest is None:
         check.problems.append("manifest.json is missing")
