@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from wpbackup import catalog, children, lock, runs
+from wpbackup import catalog, children, lock, runs, steps
 from wpbackup.console import log, setup_logging
 from wpbackup.errors import BackupError, ConfigError
 from wpbackup.runs import Run
@@ -107,7 +107,8 @@ def load(argv: list[str] | None = None) -> Context:
         signal.signal(signal.SIGTERM, _on_sigterm)
         signal.signal(signal.SIGHUP, _on_sigterm)
     now = _fresh_second(settings, sites) if mutating else datetime.now(timezone.utc)
-    plans = {site.name: runs.plan_run(settings.work_dir, site.name, now, settings.stale_run_hours)
+    plans = {site.name: runs.plan_run(settings.work_dir, site.name, now, settings.stale_run_hours,
+                                      steps.archive_fingerprint(site) if mutating else None)
              for site in sites if site.enabled}
     return Context(settings, sites, plans, mutating, doit_command(argv) == "run" and not mutating)
 

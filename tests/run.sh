@@ -21,10 +21,21 @@ if [ ${#missing[@]} -gt 0 ]; then
     fi
 fi
 
-python=${PYTHON:-python3}
+# The distribution's interpreter, which is what operators run (a version manager's python3
+# may come first on PATH); PYTHON=... overrides. A venv built from another one is rebuilt.
+python=${PYTHON:-}
+if [ -z "$python" ]; then
+    if [ -x /usr/bin/python3 ]; then python=/usr/bin/python3; else python=python3; fi
+fi
+want_version=$("$python" -c 'import sys; print(sys.version.split()[0])')
+if [ -x .venv/bin/python ] && [ "$(.venv/bin/python -c 'import sys; print(sys.version.split()[0])')" != "$want_version" ]; then
+    echo "rebuilding .venv with $python ($want_version)"
+    rm -rf .venv
+fi
 if [ ! -x .venv/bin/python ]; then
     "$python" -m venv .venv
 fi
+echo "test interpreter: $python (Python $want_version)"
 stamp=.venv/.requirements.sha256
 wanted=$(cat requirements.txt requirements-dev.txt | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then

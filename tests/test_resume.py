@@ -290,3 +290,46 @@ def test_changing_checksum_mode_mid_upload_starts_it_afresh(install, wordpress, 
     [obj] = _objects(s3)
     head = s3.s3.head_object(Bucket=s3.bucket, Key=obj["Key"], ChecksumMode="ENABLED")
     assert "ChecksumCRC32" in head
+
+
+def test_changed_configuration_abandons_the_open_run(install, wordpress, tmp_path):
+    """A run that failed (here: the database refused the login, while the files part was
+    written) is not resumed once the operator changed what shapes the archive: its files part
+    holds the old tree, and the manifest would describe the new settings beside it."""
+    root = make_site(tmp_path, wordpress)
+    (root / "wp-content" / "uploads" / "private.bin").write_bytes(os.urandom(1000))
+    site = {"name": "blog", "path": str(root), "db": {"password": "not-the-password"}}
+    install.sites.append(site)
+    first = install.doit("backup")
+    assert first.returncode != 0 and "dump failed" in first.stdout + first.stderr
+    [old_stamp] = [p.name for p in (install.backup_dir / ".work" / "blog").iterdir() if p.is_dir()]
+    assert (install.backup_dir / ".work" / "blog" / old_stamp / "tar.json").exists()
+    del site["db"]
+    site["exclude"] = ["wp-content/uploads/private.bin"]
+    second = install.doit("backup")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert _count(install, "INFO", f"run {old_stamp} was started with another configuration%abandoned%") == 1
+    assert not (install.backup_dir / ".work" / "blog" / old_stamp).exists()
+    [archive] = install.archives()
+    assert old_stamp not in archive.name
+    listing = subprocess.run(["tar", "--zstd", "-tf", str(archive)], capture_output=True, text=True, check=True)
+    assert "wp-content/uploads/private.bin" not in listing.stdout.splitlines()
+    manifest = json.loads(subprocess.run(["tar", "--zstd", "-xOf", str(archive), "manifest.json"],
+                                         capture_output=True, check=True).stdout)
+    assert "wp-content/uploads/private.bin" in manifest["files"]["excluded"]
+
+
+def test_open_run_that_recorded_its_result_counts_as_closed(tmp_path):
+    """Killed between writing its catalog receipt and closing run.json: the run is done, so
+    the next backup starts a new one instead of finding nothing to do until it goes stale."""
+    from datetime import datetime, timezone
+
+    from wpbackup import runs
+
+    now = datetime(2026, 12, 1, 3, 0, tzinfo=timezone.utc)
+    run = runs.plan_run(tmp_path, "blog", now, 20, "fp")
+    runs.open_run(run)
+    assert runs.plan_run(tmp_path, "blog", now, 20, "fp").resumed
+    run.write_receipt("catalog", {"archive": "x"})
+    later = runs.plan_run(tmp_path, "blog", now, 20, "fp")
+    assert not later.resumed and later.abandoned is None and later.stamp > run.stamp

@@ -4,13 +4,15 @@
     BACKUP_DIR/.work/SITE/STAMP/*.json      one receipt per finished stage
     BACKUP_DIR/.work/SITE/STAMP/...         the run's intermediates (dump, files part)
 
-The loader only reads: an open run younger than STALE_RUN_HOURS is resumed (same stamp, same
-archive name); a closed one, or none, gives a new stamp; a stale one is abandoned and its
-leftovers cleaned by the first stage of the new run. Task names never carry the stamp.
+The loader only reads: an open run younger than STALE_RUN_HOURS and started with the same
+configuration (its fingerprint) is resumed (same stamp, same archive name); a closed one, or
+none, gives a new stamp; a stale or reconfigured one is abandoned and its leftovers cleaned by
+the first stage of the new run. Task names never carry the stamp.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from dataclasses import dataclass
@@ -40,6 +42,8 @@ class Run:
     site_dir: Path
     resumed: bool = False
     abandoned: str | None = None
+    fingerprint: str | None = None  # of everything that shapes this run's archive
+    why_abandoned: str = ""  # what made the abandoned run unusable, for the log
 
     @property
     def folder(self) -> Path:
@@ -73,22 +77,52 @@ def read_state(site_dir: Path) -> dict | None:
         return None
 
 
-def plan_run(work_dir: Path, site: str, now: datetime, stale_hours: float) -> Run:
-    """Decide, without writing anything, which run this invocation works on."""
+def plan_run(work_dir: Path, site: str, now: datetime, stale_hours: float, fingerprint: str | None = None) -> Run:
+    """Decide, without writing anything, which run this invocation works on.
+
+    An open run is resumed only when it is younger than STALE_RUN_HOURS, was started with the
+    configuration in force now (same ``fingerprint``: resuming it would describe the new
+    settings in a manifest beside the old content), and has not already recorded its result
+    (a catalog receipt: the process died just before closing it)."""
     site_dir = work_dir / site
     state = read_state(site_dir)
     stamp = make_stamp(now)
     if state and not state.get("closed"):
         try:
             started = parse_stamp(state["stamp"])
-        except (KeyError, ValueError):
-            return Run(site, stamp, site_dir)
-        if now - started < timedelta(hours=stale_hours):
-            return Run(site, state["stamp"], site_dir, resumed=True)
-        return Run(site, stamp, site_dir, abandoned=state["stamp"])
-    if state and state.get("stamp", "") >= stamp:
-        stamp = make_stamp(parse_stamp(state["stamp"]) + timedelta(seconds=1))
-    return Run(site, stamp, site_dir)
+        except (KeyError, ValueError, TypeError):
+            return Run(site, stamp, site_dir, fingerprint=fingerprint)
+        old = Run(site, state["stamp"], site_dir)
+        if old.receipt("catalog") is not None:
+            return Run(site, _after(stamp, state["stamp"]), site_dir, fingerprint=fingerprint)
+        why = ""
+        if now - started >= timedelta(hours=stale_hours):
+            why = f"was older than STALE_RUN_HOURS={stale_hours:g}"
+        elif fingerprint is not None and state.get("fingerprint") != fingerprint:
+            why = "was started with another configuration of the site (path, files, exclude or database)"
+        if not why:
+            return Run(site, state["stamp"], site_dir, resumed=True, fingerprint=fingerprint)
+        return Run(site, _after(stamp, state["stamp"]), site_dir, abandoned=state["stamp"],
+                   fingerprint=fingerprint, why_abandoned=why)
+    if state and isinstance(state.get("stamp"), str):
+        stamp = _after(stamp, state["stamp"])
+    return Run(site, stamp, site_dir, fingerprint=fingerprint)
+
+
+def _after(stamp: str, previous: str) -> str:
+    """``stamp``, or the second after ``previous`` when the clock has not passed it yet."""
+    try:
+        if previous >= stamp:
+            return make_stamp(parse_stamp(previous) + timedelta(seconds=1))
+    except ValueError:
+        pass
+    return stamp
+
+
+def fingerprint(parts: dict) -> str:
+    """A short digest of what shapes an archive (no secret may be in ``parts``)."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def open_run(run: Run) -> bool:
@@ -100,7 +134,7 @@ def open_run(run: Run) -> bool:
             return False
         run.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         data = {"stamp": run.stamp, "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "closed": False}
+                "closed": False, "fingerprint": run.fingerprint}
         write_atomic(run.state_file, json.dumps(data).encode())
         return True
 

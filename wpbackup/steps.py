@@ -115,11 +115,26 @@ def cleanup_abandoned(settings: Settings, site: Site, run: Run) -> None:
     if left.exists():
         _info(settings, site, run, f"{left.name} of the abandoned run stays in {settings.backup_dir}; "
                                    "it was never uploaded")
-    message = (f"run {run.abandoned} was older than STALE_RUN_HOURS={settings.stale_run_hours:g} "
-               f"and is abandoned; run {run.stamp} replaces it")
+    why = run.why_abandoned or f"was older than STALE_RUN_HOURS={settings.stale_run_hours:g}"
+    message = f"run {run.abandoned} {why} and is abandoned; run {run.stamp} replaces it"
     catalog.log_event(settings.db_path, "INFO", message, site=site.name, server_id=settings.server_id,
                       stamp=run.stamp)
     log.info("%s: %s", site.name, message)
+
+
+def archive_fingerprint(site: Site) -> str:
+    """What shapes a site's archive, digested: an open run started under other settings must
+    not be resumed (its files part would hold the old tree under a manifest of the new one).
+    The database is identified by where it is and which tables it gives, never its password."""
+    explicit = {key: value for key, value in site.db.items() if key != "password"}
+    try:
+        db = site.database()
+        resolved = {"name": db.name, "host": db.host.host, "port": db.host.port, "socket": db.host.socket,
+                    "user": db.user, "prefix": db.table_prefix}
+    except BackupError as exc:  # the run itself will fail and say why; the digest stays stable
+        resolved = {"unresolved": str(exc)}
+    return runs.fingerprint({"path": str(site.path), "files": site.files, "exclude": list(site.excludes),
+                             "db": explicit, "database": resolved})
 
 
 def pending_aborts(settings: Settings) -> Path:
