@@ -14,11 +14,20 @@ if ! command -v mariadb-dump >/dev/null 2>&1 && ! command -v mysqldump >/dev/nul
         exit 1
     fi
 fi
+# the distribution's interpreter (what the system updates), not whatever python3 comes first on PATH
+python=${WPBACKUP_PYTHON:-}
+if [ -z "$python" ]; then
+    if [ -x /usr/bin/python3 ]; then python=/usr/bin/python3; else python=python3; fi
+fi
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
+    echo "wordpress-backup needs Python 3.10 or newer; $python is $("$python" --version 2>&1)" >&2
+    exit 1
+fi
 if [ ! -x "$here/.venv/bin/python" ]; then
-    if ! python3 -m venv "$here/.venv" 2>/dev/null; then
+    if ! "$python" -m venv "$here/.venv" 2>/dev/null; then
         if [ "$(id -u)" -eq 0 ]; then
             apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
-            rm -rf "$here/.venv" && python3 -m venv "$here/.venv"
+            rm -rf "$here/.venv" && "$python" -m venv "$here/.venv"
         else
             echo "python3-venv is needed: sudo apt-get install python3-venv" >&2
             exit 1

@@ -54,6 +54,6 @@ def show_status():
     if not healthy:
         return TaskFailed(
             f"a site has no successful backup newer than BACKUP_MAX_AGE_HOURS="
-            f"{CONTEXT.settings.backup_max_age_hours:g}"
+            f"{CONTEXT.settings.backup_max_age_hours:g}, or its latest backup is incomplete"
         )
     return True

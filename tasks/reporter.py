@@ -44,7 +44,9 @@ class SummaryReporter(ConsoleReporter):
         super().complete_run()
         lines = []
         for site, info in sorted(self.sites.items()):
-            if "failed" in info:
+            if "failed" in info and info["failed"][1][-1:] and info["failed"][1][-1].startswith("incomplete:"):
+                lines.append(f"SUMMARY {site}: INCOMPLETE {info['failed'][1][-1]}")
+            elif "failed" in info:
                 stage, message = info["failed"]
                 lines.append(f"SUMMARY {site}: FAILED at {stage}: {' '.join(message)}")
             elif "done" in info:

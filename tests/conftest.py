@@ -130,6 +130,33 @@ def install(tmp_path):
 
 
 @pytest.fixture
+def pings():
+    """A healthcheck endpoint on 127.0.0.1: ``.url`` to configure, ``.seen`` the paths pinged."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    seen: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            seen.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server.url, server.seen = f"http://127.0.0.1:{server.server_address[1]}/ping/abc", seen
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
 def s3_proxy(s3):
     from .faults import S3Proxy
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run the backup -> restore round trip (tests/test_roundtrip.py) under every Python from 3.10
+# Run the backup -> restore round trip (tests/test_roundtrip.py) and the restore member check
+# against tarfile's data filter (tests/test_members.py) under every Python from 3.10
 # up that this machine has, other than the one tests/run.sh built .venv from. Each gets its
 # own virtualenv, .venv-X.Y.Z, kept between runs. Prints which interpreters it ran and exits
 # non-zero when one of them failed. Run tests/run.sh first (system packages, .venv).
@@ -41,7 +42,7 @@ for candidate in "${candidates[@]}"; do
         echo "$wanted" > "$venv/.requirements.sha256"
     fi
     echo "round trip under Python $version ($candidate)"
-    if "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/test_roundtrip.py; then
+    if "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/test_roundtrip.py tests/test_members.py; then
         ran+=("$version")
     else
         failed+=("$version ($candidate)")

@@ -238,34 +238,13 @@ def test_backup_of_one_site_leaves_the_others(install, wordpress):
     assert [a.name.split("-backup-")[0] for a in install.archives()] == ["shop"]
 
 
-def test_healthcheck_pings_start_then_success_or_fail(install, wordpress):
-    import threading
-    from http.server import BaseHTTPRequestHandler, HTTPServer
-
-    seen: list[str] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            seen.append(self.path)
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        install.env["HEALTHCHECK_URL"] = f"http://127.0.0.1:{server.server_address[1]}/ping/abc"
-        install.add_site("blog", wordpress)
-        assert install.doit("backup").returncode == 0
-        assert seen == ["/ping/abc/start", "/ping/abc"]
-        install.add_site("bad", wordpress, db={"password": "wrong-one"})
-        assert install.doit("backup").returncode != 0
-        assert seen[2:] == ["/ping/abc/start", "/ping/abc/fail"]
-        install.doit("status")
-        assert len(seen) == 4  # read-only commands do not ping
-    finally:
-        server.shutdown()
+def test_healthcheck_pings_start_then_success_or_fail(install, wordpress, pings):
+    install.env["HEALTHCHECK_URL"] = pings.url
+    install.add_site("blog", wordpress)
+    assert install.doit("backup").returncode == 0
+    assert pings.seen == ["/ping/abc/start", "/ping/abc"]
+    install.add_site("bad", wordpress, db={"password": "wrong-one"})
+    assert install.doit("backup").returncode != 0
+    assert pings.seen[2:] == ["/ping/abc/start", "/ping/abc/fail"]
+    install.doit("status")
+    assert len(pings.seen) == 4  # read-only commands do not ping

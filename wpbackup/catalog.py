@@ -15,7 +15,7 @@ from contextlib import closing
 from datetime import datetime, timezone
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: backup_log.incomplete
 STATUSES = ("START", "INFO", "SUCCESS", "ERROR", "FATAL")
 
 _TABLES = {
@@ -23,7 +23,7 @@ _TABLES = {
         ("id", "INTEGER PRIMARY KEY AUTOINCREMENT"), ("timestamp", "DATETIME"), ("status", "TEXT"),
         ("details", "TEXT"), ("site_name", "TEXT"), ("server_id", "TEXT"), ("uid", "TEXT"),
         ("run_stamp", "TEXT"), ("archive_name", "TEXT"), ("archive_size", "INTEGER"),
-        ("archive_sha256", "TEXT"),
+        ("archive_sha256", "TEXT"), ("incomplete", "INTEGER"),
     ],
     "s3_archives": [
         ("id", "INTEGER PRIMARY KEY AUTOINCREMENT"), ("filename", "TEXT"), ("s3_endpoint", "TEXT"),
@@ -78,16 +78,18 @@ def migrate(conn: sqlite3.Connection) -> None:
 
 def log_event(path: Path, status: str, details: str, *, site: str | None, server_id: str,
               stamp: str | None = None, uid: str | None = None, archive_name: str | None = None,
-              archive_size: int | None = None, archive_sha256: str | None = None) -> None:
-    """Append one backup_log line; a line with a known ``uid`` is written only once."""
+              archive_size: int | None = None, archive_sha256: str | None = None,
+              incomplete: int | None = None) -> None:
+    """Append one backup_log line; a line with a known ``uid`` is written only once.
+    ``incomplete``: on the result line of a backup, how many files it could not read."""
     if status not in STATUSES:
         raise ValueError(f"unknown status {status}")
     with closing(connect(path)) as conn, conn:
         conn.execute(
             "INSERT OR IGNORE INTO backup_log (timestamp, status, details, site_name, server_id, uid, "
-            "run_stamp, archive_name, archive_size, archive_sha256) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            "run_stamp, archive_name, archive_size, archive_sha256, incomplete) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             (now_utc(), status, details, site, server_id, uid or uuid.uuid4().hex, stamp,
-             archive_name, archive_size, archive_sha256),
+             archive_name, archive_size, archive_sha256, incomplete),
         )
 
 
@@ -103,19 +105,22 @@ def record_upload(path: Path, *, key: str, endpoint: str | None, bucket: str, si
         )
 
 
-def last_successes(path: Path) -> dict[tuple[str, str], sqlite3.Row]:
-    """The newest SUCCESS line per (server, site), with where its archive went."""
+def last_successes(path: Path, include_incomplete: bool = False) -> dict[tuple[str, str], sqlite3.Row]:
+    """The newest SUCCESS line per (server, site), with where its archive went; with
+    ``include_incomplete``, the newest stored backup, complete or not."""
     if not path.exists():
         return {}
+    wanted = STORED if include_incomplete else "b.status = 'SUCCESS' AND b.archive_name IS NOT NULL"
+    latest = wanted.replace("b.", "x.")
     with closing(connect(path)) as conn:
         rows = conn.execute(
             "SELECT b.*, (SELECT s.filename FROM s3_archives s WHERE s.archive_name = b.archive_name "
             "  AND s.server_id = b.server_id AND s.deleted_at IS NULL ORDER BY s.id DESC LIMIT 1) AS s3_key, "
             "(SELECT s.s3_bucket FROM s3_archives s WHERE s.archive_name = b.archive_name "
             "  AND s.server_id = b.server_id AND s.deleted_at IS NULL ORDER BY s.id DESC LIMIT 1) AS s3_bucket "
-            "FROM backup_log b WHERE b.status = 'SUCCESS' AND b.archive_name IS NOT NULL "
-            "AND b.id = (SELECT MAX(id) FROM backup_log x WHERE x.status = 'SUCCESS' "
-            "  AND x.archive_name IS NOT NULL AND x.site_name = b.site_name AND x.server_id = b.server_id)"
+            f"FROM backup_log b WHERE {wanted} "
+            f"AND b.id = (SELECT MAX(id) FROM backup_log x WHERE {latest} "
+            "  AND x.site_name = b.site_name AND x.server_id = b.server_id)"
         ).fetchall()
     return {(row["server_id"], row["site_name"]): row for row in rows}
 
@@ -162,17 +167,22 @@ def failed_s3_verifications(path: Path, server_id: str, site: str | None = None)
     return {name for name, bad in failed.items() if bad}
 
 
+#: a backup's result line with an archive: complete (SUCCESS), or kept without what it could not read
+STORED = "(b.status = 'SUCCESS' OR (b.status = 'ERROR' AND b.incomplete > 0)) AND b.archive_name IS NOT NULL"
+
+
 def successes(path: Path, site: str) -> list[sqlite3.Row]:
-    """Every successful backup of a site across the fleet, newest first, with its S3 copy."""
+    """Every stored backup of a site across the fleet, newest first, with its S3 copy: the
+    complete ones and those kept incomplete (``incomplete`` > 0: files it could not read);
+    an incomplete archive is still the newest copy of everything else."""
     if not path.exists():
         return []
     with closing(connect(path)) as conn:
         return conn.execute(
             "SELECT b.server_id, b.site_name, b.run_stamp, b.archive_name, b.archive_size, b.archive_sha256, "
-            "s.filename AS s3_key, s.s3_bucket, s.s3_endpoint, s.deleted_at "
+            "b.incomplete, s.filename AS s3_key, s.s3_bucket, s.s3_endpoint, s.deleted_at "
             "FROM backup_log b LEFT JOIN s3_archives s ON s.archive_name = b.archive_name "
-            "AND s.server_id = b.server_id AND s.deleted_at IS NULL "
-            "WHERE b.status = 'SUCCESS' AND b.site_name = ? AND b.archive_name IS NOT NULL "
+            f"AND s.server_id = b.server_id AND s.deleted_at IS NULL WHERE {STORED} AND b.site_name = ? "
             "ORDER BY b.run_stamp DESC, b.id DESC",
             (site,),
         ).fetchall()

@@ -9,6 +9,10 @@ class BackupError(Exception):
     """A step failed for a reason the operator can act on (the message says which)."""
 
 
+class Incomplete(BackupError):
+    """The backup was written and stored, but without files or folders it could not read."""
+
+
 class ConfigError(Exception):
     """Configuration is wrong; ``problems`` holds one readable line per problem."""
 

@@ -17,10 +17,16 @@ def _age_hours(when: str, now: datetime) -> float:
     return (now - moment).total_seconds() / 3600
 
 
+def _newer(one, other) -> bool:
+    return (one["run_stamp"] or "", one["id"]) > (other["run_stamp"] or "", other["id"])
+
+
 def status_lines(settings: Settings, sites: list[Site], now: datetime | None = None) -> tuple[list[str], bool]:
-    """The status table and whether every site has a recent enough success."""
+    """The status table and whether every site has a recent enough success, and no newer
+    backup that had to leave files out (INCOMPLETE)."""
     now = now or datetime.now(timezone.utc)
     last = catalog.last_successes(settings.db_path)
+    newest = catalog.last_successes(settings.db_path, include_incomplete=True)
     # AGE counts from the run's stamp: when the data was taken, not when the upload ended
     rows = [("SERVER", "SITE", "LAST SUCCESS (UTC)", "AGE", "SIZE", "STORED", "STATE")]
     healthy = True
@@ -31,7 +37,9 @@ def status_lines(settings: Settings, sites: list[Site], now: datetime | None = N
     for server, name in keys:
         row = last.get((server, name))
         if row is None:
-            rows.append((server, name, "never", "-", "-", "-", "NO BACKUP"))
+            latest = newest.get((server, name))
+            state = f"INCOMPLETE ({latest['incomplete']} unreadable)" if latest is not None else "NO BACKUP"
+            rows.append((server, name, "never", "-", "-", "-", state))
             healthy = False
             continue
         age = _age_hours(row["run_stamp"], now) if row["run_stamp"] else _age_hours(row["timestamp"], now)
@@ -41,6 +49,9 @@ def status_lines(settings: Settings, sites: list[Site], now: datetime | None = N
         if server == settings.server_id and (settings.backup_dir / row["archive_name"]).exists():
             stored.append(f"local:{settings.backup_dir / row['archive_name']}")
         state = "OK" if age <= settings.backup_max_age_hours else f"STALE (>{settings.backup_max_age_hours:g}h)"
+        latest = newest.get((server, name))
+        if latest is not None and latest["incomplete"] and _newer(latest, row):
+            state = f"INCOMPLETE ({latest['incomplete']} unreadable in {latest['archive_name']})"
         healthy = healthy and state == "OK"
         rows.append((server, name, row["timestamp"], f"{age:.1f}h", human_bytes(row["archive_size"] or 0),
                      " + ".join(stored) or "nowhere (deleted?)", state))
