@@ -192,7 +192,7 @@ def dumped_and_tarred(install: Install, name: str):
     install.write()
     settings = load_settings({"WPBACKUP_ENV": str(install.env_path)})
     site = next(s for s in load_sites(settings.sites_file) if s.name == name)
-    run = runs.plan_run(settings.work_dir, name, datetime.now(timezone.utc), 20)
+    run = runs.plan_run(settings.work_dir, name, datetime.now(timezone.utc), 20, steps.archive_fingerprint(site))
     steps.dump_stage(settings, site, run)
     steps.tar_stage(settings, site, run)
     return settings, site, run

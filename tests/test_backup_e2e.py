@@ -75,7 +75,7 @@ def test_backup_to_s3_is_complete_and_restorable(install, wordpress, mariadb, s3
     assert "testing-secret-key-123" not in output
 
 
-def test_dump_keeps_routines_triggers_and_only_the_site_prefix(install, wordpress, mariadb, tmp_path):
+def test_dump_keeps_routines_triggers_and_the_whole_database(install, wordpress, mariadb, tmp_path):
     from .conftest import make_site
 
     definer = f"'{wordpress.db_user}'@'127.0.0.1'"
@@ -92,16 +92,16 @@ def test_dump_keeps_routines_triggers_and_only_the_site_prefix(install, wordpres
     install.sites.append({"name": "shared", "path": str(root)})
     result = install.doit("backup")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "tables without prefix 'wp_' not dumped: other_site_posts" in result.stderr
+    assert "whole database" in result.stderr  # no other WordPress install shares it
     [archive] = install.archives()
     out = tmp_path / "x"
     out.mkdir()
     subprocess.run(["tar", "--zstd", "-xf", str(archive), "database.sql", "manifest.json"], cwd=out, check=True)
     sql = (out / "database.sql").read_text()
-    assert "CREATE TABLE `wp_items`" in sql and "other_site_posts" not in sql
+    assert "CREATE TABLE `wp_items`" in sql and "CREATE TABLE `other_site_posts`" in sql
     assert "TRIGGER" in sql and "wp_count" in sql
     assert json.loads((out / "manifest.json").read_text())["database"]["tables"] == {
-        "wp_audit": 0, "wp_items": 2}
+        "other_site_posts": 0, "wp_audit": 0, "wp_items": 2}
     mariadb.sql(f"CREATE DATABASE shared_copy; GRANT ALL ON shared_copy.* TO '{wordpress.db_user}'@'127.0.0.1'")
     mariadb.load("shared_copy", out / "database.sql")
     assert mariadb.sql("SELECT name FROM wp_items ORDER BY id", database="shared_copy").split("\n")[0] == "één 😀"

@@ -212,10 +212,12 @@ def write_files_part(root: Path, files: str, wp_config: Path, excludes: tuple[st
             with compressor(level, threads).stream_writer(sink, closefd=False, write_size=CHUNK) as out:
                 in_tree = files == "all" and wp_config.parent == root
                 if not in_tree:
+                    counted = stats.files, stats.bytes
                     write_file(out, wp_config, "wp-config.php", stats)
                     if files != "all":  # with `files: all` every regular file counts, the config too
-                        stats.files -= 1
-                        stats.bytes -= wp_config.stat().st_size
+                        stats.files, stats.bytes = counted
+                    else:  # the config came from the parent: the root's own (a dangling link) must not replace it
+                        excludes = (*excludes, "wp-config.php")
                 write_tree(out, root, "" if files == "all" else "wp-content", excludes, skip, stats, progress)
             sink.close()
             # no fsync here: the archive is fsynced once, whole, before it gets its final name;

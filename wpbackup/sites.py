@@ -38,7 +38,11 @@ DEFAULT_EXCLUDES = (
 )
 
 _SITE_KEYS = {"name": str, "path": str, "enabled": bool, "files": str, "exclude": list, "db": dict}
-_DB_KEYS = {"name": str, "user": str, "password": str, "host": str, "port": int, "socket": str}
+_DB_KEYS = {"name": str, "user": str, "password": str, "host": str, "port": int, "socket": str,
+            "tables": str}
+#: `db.tables`: "all" (the whole database) or "prefix" (only the tables this site's prefix
+#: owns); without it, wpbackup.mysql.select_tables decides from what the database holds.
+TABLE_SELECTIONS = ("all", "prefix")
 _TYPE_NAMES = {str: "a string", bool: "true or false", list: "a list", dict: "an object", int: "an integer"}
 
 
@@ -51,6 +55,7 @@ class DbSettings:
     password: str = field(repr=False)
     host: DbHost
     table_prefix: str = "wp_"
+    tables: str | None = None  # db.tables: "all", "prefix", or None (detected)
 
 
 @dataclass(frozen=True)
@@ -74,8 +79,10 @@ class Site:
             raise BackupError(f"site {self.name}: path {self.path} does not exist or is not a folder")
         found = find_wp_config(self.path)
         if found is None:
+            real = self.path.resolve()  # WordPress looks beside the real root (see find_wp_config)
+            where = "" if real == self.path else f" ({real.parent}, as {self.path} is a link to {real})"
             raise BackupError(
-                f"site {self.name}: no wp-config.php in {self.path} or its parent folder"
+                f"site {self.name}: no wp-config.php in {self.path} or its parent folder{where}"
             )
         return found
 
@@ -112,6 +119,7 @@ class Site:
             password=explicit["password"] if explicit.get("password") is not None else parsed.get("DB_PASSWORD", ""),
             host=host,
             table_prefix=parsed.get("table_prefix", "wp_"),
+            tables=explicit.get("tables"),
         )
 
 
@@ -130,6 +138,14 @@ def _check_keys(obj: dict, spec: dict, where: str, problems: list[str], nullable
             problems.append(f"{where}: {key}: expected {_TYPE_NAMES[int]}, got {shown}")
         elif expected is not int and not isinstance(value, expected):
             problems.append(f"{where}: {key}: expected {_TYPE_NAMES[expected]}, got {shown}")
+
+
+def _check_tables(db: dict, where: str, problems: list[str]) -> None:
+    """`db.tables` is "all", "prefix" or absent (null too, like the other db keys); its value
+    is no secret, so a wrong one is shown."""
+    value = db.get("tables")
+    if value is not None and (not isinstance(value, str) or value not in TABLE_SELECTIONS):
+        problems.append(f'{where}: db: tables: must be "all" or "prefix", got {json.dumps(value)}')
 
 
 def parse_sites(data: object, source: str) -> list[Site]:
@@ -176,7 +192,9 @@ def parse_sites(data: object, source: str) -> list[Site]:
                     )
         db = entry.get("db", {})
         if isinstance(db, dict):
-            _check_keys(db, _DB_KEYS, f"{where}: db", problems, nullable=True, secret=True)
+            _check_keys({k: v for k, v in db.items() if k != "tables"}, _DB_KEYS, f"{where}: db", problems,
+                        nullable=True, secret=True)
+            _check_tables(db, where, problems)
         if len(problems) == before:
             sites.append(Site(
                 name=name,

@@ -24,8 +24,8 @@ from pathlib import Path
 
 from . import __version__, archive, catalog, runs
 from .console import Progress, human_bytes, log
-from .errors import BackupError
-from .mysql import dump_database
+from .errors import BackupError, Incomplete
+from .mysql import dump_database, summarize
 from .runs import Run
 from .s3 import (
     abort_upload,
@@ -49,6 +49,8 @@ def guarded(stage: str, settings: Settings, site: Site, run: Run, work: Callable
     """Run one stage; on failure record ERROR in the catalog and re-raise for doit."""
     try:
         return work()
+    except Incomplete:  # recorded by the stage itself, with the archive it kept
+        raise
     except BackupError as exc:
         message = f"{stage} failed: {exc}"
         log.error("%s %s", site.name, message)
@@ -158,17 +160,28 @@ def dump_stage(settings: Settings, site: Site, run: Run) -> dict:
         db = site.database()
         progress = Progress(f"{site.name} dump")
         result = dump_database(db, run.folder / "database.sql", progress.set)
+        held = result.contents
         receipt = run.write_receipt("dump", {
-            "sha256": result.sha256, "size": result.size, "tables": result.tables,
-            "skipped_tables": result.skipped_tables, "server_version": result.server_version,
+            "sha256": result.sha256, "size": result.size, "selection": held.selection,
+            "selected_because": held.why, "tables": held.tables, "left_out": held.left_out,
+            "routines_and_events": held.objects, "routines_and_events_left_out": held.objects_left_out,
+            "notes": held.notes, "server_version": held.server_version,
             "tool": result.tool, "database": db.name, "table_prefix": db.table_prefix,
             "seconds": round(progress.elapsed, 2),
         })
-        _info(settings, site, run, f"database {db.name} dumped: {len(result.tables)} tables, "
+        scope = ("the whole database" if held.selection == "all" else
+                 f"only the tables of prefix {db.table_prefix}") + f" ({held.why})"
+        _info(settings, site, run, f"database {db.name} dumped, {scope}: {len(held.tables)} tables and views, "
+                                   f"{len(held.objects)} routines and events, "
                                    f"{human_bytes(result.size)} in {progress.elapsed:.1f}s")
-        if result.skipped_tables:
-            _info(settings, site, run, f"{len(result.skipped_tables)} tables without prefix "
-                                       f"'{db.table_prefix}' not dumped: {', '.join(result.skipped_tables[:10])}")
+        if held.left_out:
+            _info(settings, site, run, f"{len(held.left_out)} tables left out of the dump: "
+                                       f"{summarize(held.left_out)}")
+        if held.objects_left_out:
+            _info(settings, site, run, f"{len(held.objects_left_out)} routines and events left out of the "
+                                       f"dump: {summarize(held.objects_left_out)}")
+        for note in held.notes:
+            _info(settings, site, run, note)
         return receipt
     return guarded("dump", settings, site, run, work)
 
@@ -221,15 +234,40 @@ def tar_stage(settings: Settings, site: Site, run: Run) -> dict:
         receipt = run.write_receipt("tar", {
             "size": part.size, "written": stats.written, "files": stats.files, "bytes": stats.bytes,
             "dirs": stats.dirs, "links": stats.links, "warnings": stats.warnings,
+            "unreadable": stats.unreadable, "unreadable_count": stats.unreadable_count,
+            "followed": stats.followed, "followed_count": stats.followed_count,
+            "left_out": stats.left_out, "left_out_count": stats.left_out_count,
             "wordpress_version": wordpress_version(site.path), "seconds": round(progress.elapsed, 2),
         })
         _info(settings, site, run, f"{stats.files} files ({human_bytes(stats.bytes)}) archived "
                                    f"in {progress.elapsed:.1f}s")
-        if stats.warnings:
-            _info(settings, site, run, f"{len(stats.warnings)} file warnings, first: "
-                                       + "; ".join(stats.warnings[:5]))
+        for line in _tree_notes(stats):
+            _info(settings, site, run, line)
         return receipt
     return guarded("tar", settings, site, run, work)
+
+
+def _tree_notes(stats: archive.TreeStats) -> list[str]:
+    """The INFO lines of a tar stage beyond the count: which links were followed out of the
+    site or left out (so nobody has to read the manifest to learn it), what could not be read,
+    and the warnings; each names the first few and counts the rest."""
+    def first(items: list[str], count: int) -> str:
+        more = f" and {count - 5} more" if count > 5 else ""
+        return "; ".join(items[:5]) + more
+
+    notes = []
+    if stats.followed_count:
+        notes.append(f"{stats.followed_count} links followed, their targets archived in their place: " + first(
+            [f"{f['name']} -> {f['target']}" for f in stats.followed], stats.followed_count))
+    if stats.left_out_count:
+        notes.append(f"{stats.left_out_count} links left out (they cannot be restored): " + first(
+            [f"{f['name']} -> {f['target']} ({f['reason']})" for f in stats.left_out], stats.left_out_count))
+    if stats.unreadable_count:
+        notes.append(f"{stats.unreadable_count} files or folders could not be read: "
+                     + first(stats.unreadable, stats.unreadable_count))
+    if stats.warnings:
+        notes.append(f"{len(stats.warnings)} file warnings, first: " + "; ".join(stats.warnings[:5]))
+    return notes
 
 
 def manifest(settings: Settings, site: Site, run: Run, dump: dict, tar: dict) -> dict:
@@ -243,11 +281,20 @@ def manifest(settings: Settings, site: Site, run: Run, dump: dict, tar: dict) ->
         "tool_version": __version__,
         "wordpress_version": tar.get("wordpress_version"),
         "table_prefix": dump["table_prefix"],
+        # restore replaces or drops only the tables listed here: exactly the ones dumped
         "database": {"name": dump["database"], "sha256": dump["sha256"], "bytes": dump["size"],
-                     "tables": dump["tables"], "server_version": dump["server_version"],
-                     "dump_tool": dump["tool"]},
+                     "selection": dump.get("selection", "prefix" if dump.get("skipped_tables") else "all"),
+                     "selected_because": dump.get("selected_because", ""),
+                     "tables": dump["tables"],
+                     "left_out": dump.get("left_out", dict.fromkeys(dump.get("skipped_tables", []),
+                                                                    "does not start with the table prefix")),
+                     "routines_and_events": dump.get("routines_and_events", []),
+                     "routines_and_events_left_out": dump.get("routines_and_events_left_out", {}),
+                     "server_version": dump["server_version"], "dump_tool": dump["tool"]},
         "files": {"mode": site.files, "count": tar["files"], "bytes": tar["bytes"],
                   "folders": tar["dirs"], "links": tar["links"], "warnings": tar["warnings"],
+                  "unreadable": tar.get("unreadable", []), "unreadable_count": tar.get("unreadable_count", 0),
+                  "followed": tar.get("followed", []), "left_out": tar.get("left_out", []),
                   "excluded": list(site.excludes)},
     }
 
@@ -397,7 +444,11 @@ def apply_local_keep(settings: Settings, site: Site, current: str) -> list[str]:
 
 
 def catalog_stage(settings: Settings, site: Site, run: Run) -> dict:
-    """Record the verified backup (s3_archives, SUCCESS), apply LOCAL_KEEP, close the run."""
+    """Record the verified backup (s3_archives, SUCCESS), apply LOCAL_KEEP, close the run.
+
+    A backup that had to leave out files it could not read is recorded the same way, but as
+    an ERROR line `incomplete: N unreadable (first: ...)`, and the stage then fails: the
+    archive is kept and restorable, yet nobody may be told it is OK."""
     def work() -> dict:
         made, sent, dump, tar = (run.receipt(s) for s in ("compress", "upload", "dump", "tar"))
         if not made or not sent:
@@ -409,20 +460,32 @@ def catalog_stage(settings: Settings, site: Site, run: Run) -> dict:
                 stamp=run.stamp, archive_name=made["archive"], uploaded_at=sent["uploaded_at"])
         where = "local only" if sent.get("local_only") else f"s3://{sent['bucket']}/{sent['key']}"
         elapsed = (datetime.now(timezone.utc) - runs.parse_stamp(run.stamp)).total_seconds()
-        details = (f"backup {made['archive']} complete: {human_bytes(made['size'])}, "
-                   f"{len(dump['tables']) if dump else '?'} tables, {tar['files'] if tar else '?'} files, "
-                   f"{where}")
-        catalog.log_event(settings.db_path, "SUCCESS", details, site=site.name, server_id=settings.server_id,
-                          stamp=run.stamp, uid=f"{settings.server_id}:{site.name}:{run.stamp}:success",
-                          archive_name=made["archive"], archive_size=made["size"], archive_sha256=made["sha256"])
+        unreadable = (tar or {}).get("unreadable") or []
+        missing = (tar or {}).get("unreadable_count", len(unreadable))
+        contents = (f"{human_bytes(made['size'])}, {len(dump['tables']) if dump else '?'} tables, "
+                    f"{tar['files'] if tar else '?'} files, {where}")
+        if missing:  # archived around what could not be read: kept and uploaded, but not OK
+            status, outcome = "ERROR", "incomplete"
+            details = (f"incomplete: {missing} unreadable (first: {unreadable[0] if unreadable else '?'}); "
+                       f"backup {made['archive']} kept: {contents}")
+        else:
+            status, outcome = "SUCCESS", "success"
+            details = f"backup {made['archive']} complete: {contents}"
+        catalog.log_event(settings.db_path, status, details, site=site.name, server_id=settings.server_id,
+                          stamp=run.stamp, uid=f"{settings.server_id}:{site.name}:{run.stamp}:{outcome}",
+                          archive_name=made["archive"], archive_size=made["size"], archive_sha256=made["sha256"],
+                          incomplete=missing)
         summary = {"archive": made["archive"], "size": made["size"], "where": where,
-                   "seconds": round(elapsed, 1)}
+                   "seconds": round(elapsed, 1), "unreadable": missing}
         removed = apply_local_keep(settings, site, made["archive"])
         if removed:
             _info(settings, site, run, f"LOCAL_KEEP={settings.local_keep}: removed {len(removed)} older "
                                        f"local archives: {', '.join(removed)}")
         receipt = run.write_receipt("catalog", summary)
         runs.close_run(run)
+        if missing:
+            log.error("%s: %s", site.name, details)
+            raise Incomplete(details)
         log.info("%s: %s", site.name, details)
         return receipt
     return guarded("catalog", settings, site, run, work)

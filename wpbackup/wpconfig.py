@@ -37,13 +37,17 @@ def _unquote(single: str | None, double: str | None) -> str:
 
 
 def find_wp_config(root: Path) -> Path | None:
-    """wp-config.php in the root, else in the parent (if that one is not another site's root)."""
+    """wp-config.php in the root, else in the parent (if that one is not another site's root).
+
+    The parent is that of the root's real location: WordPress looks in dirname(ABSPATH), and
+    ABSPATH comes from PHP's __DIR__, which is resolved (a `current -> releases/5` root finds
+    releases/wp-config.php, not the one beside `current`)."""
     own = root / "wp-config.php"
     if own.is_file():
         return own
-    parent = root.parent / "wp-config.php"
-    if parent.is_file() and not (root.parent / "wp-settings.php").exists():
-        return parent
+    parent = root.resolve().parent
+    if (parent / "wp-config.php").is_file() and not (parent / "wp-settings.php").exists():
+        return parent / "wp-config.php"
     return None
 
 
