@@ -54,6 +54,7 @@ def show_status():
     if not healthy:
         return TaskFailed(
             f"a site has no successful backup newer than BACKUP_MAX_AGE_HOURS="
-            f"{CONTEXT.settings.backup_max_age_hours:g}, or its latest backup is incomplete"
+            f"{CONTEXT.settings.backup_max_age_hours:g}, its latest backup is incomplete, or its last stamp lies "
+            "in the future (clock?)"
         )
     return True

@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from wpbackup import catalog, children, lock, runs, steps
 from wpbackup.console import log, setup_logging
@@ -62,7 +62,11 @@ def _on_sigterm(signum, frame):  # pragma: no cover - exercised through a subpro
     raise SystemExit(128 + signum)
 
 
-def fail(problems: list[str], settings: Settings | None, mutating: bool) -> None:
+def fail(problems: list[str], settings: Settings | None, mutating: bool, warnings: tuple[str, ...] = ()) -> None:
+    """Every configuration problem on stderr (after the warnings that may explain one, such as
+    a misspelt key), a FATAL line in the catalog when it can be written, exit 3."""
+    for warning in warnings:
+        print(f"wordpress-backup: warning: {warning}", file=sys.stderr)
     print("wordpress-backup: configuration error, nothing was run:", file=sys.stderr)
     for problem in problems:
         print(f"  {problem}", file=sys.stderr)
@@ -76,15 +80,24 @@ def fail(problems: list[str], settings: Settings | None, mutating: bool) -> None
 
 
 def _fresh_second(settings: Settings, sites: list[Site]) -> datetime:
-    """Now, but never the second of a run that already closed (its archive has that name):
-    back-to-back runs wait for the next second instead of reusing or faking a stamp."""
+    """Now, but never a second a site's last run already took (its archive has that name):
+    back-to-back runs wait for the next second instead of reusing or faking a stamp. A last
+    stamp further ahead than a moment means the clock was stepped back: nothing to wait for,
+    the run planning refuses those sites (runs.plan_run)."""
     now = datetime.now(timezone.utc)
-    closed = [state.get("stamp", "") for site in sites
-              if (state := runs.read_state(settings.work_dir / site.name)) and state.get("closed")]
-    if closed and max(closed) >= runs.make_stamp(now):
-        time.sleep(1.05 - now.microsecond / 1e6)
+    stamps = [stamp for site in sites
+              if (stamp := runs.valid_stamp((runs.read_state(settings.work_dir / site.name) or {}).get("stamp")))]
+    ahead = [(runs.parse_stamp(stamp) + timedelta(seconds=1) - now).total_seconds() for stamp in stamps]
+    if waits := [wait for wait in ahead if 0 < wait <= 3]:  # this second, or one an older version added
+        time.sleep(max(waits) + 0.05)
         now = datetime.now(timezone.utc)
     return now
+
+
+def _backs_up(argv: list[str]) -> bool:
+    """True when this invocation runs backup stages (not only sync, restore or prune)."""
+    words = [arg for arg in argv[1:] if not arg.startswith("-")]
+    return doit_command(argv) == "run" and any(word.split(":")[0] in ("backup", *steps.STAGES) for word in words)
 
 
 def load(argv: list[str] | None = None) -> Context:
@@ -95,9 +108,11 @@ def load(argv: list[str] | None = None) -> Context:
     settings = None
     try:
         settings = load_settings()
+        for warning in settings.warnings:  # a key that looks like ours but is not one
+            print(f"wordpress-backup: warning: {warning}", file=sys.stderr)
         sites = load_sites(settings.sites_file)
     except ConfigError as exc:
-        fail(exc.problems, settings, mutating)
+        fail(exc.problems, settings, mutating, tuple(getattr(exc, "warnings", ())))
     if mutating:
         try:
             lock.acquire(settings.state_dir / ".wpbackup.lock")
@@ -110,6 +125,8 @@ def load(argv: list[str] | None = None) -> Context:
     plans = {site.name: runs.plan_run(settings.work_dir, site.name, now, settings.stale_run_hours,
                                       steps.archive_fingerprint(site) if mutating else None)
              for site in sites if site.enabled}
+    if mutating and _backs_up(argv):  # the work folders of sites no run will visit again
+        steps.sweep_retired(settings, {site.name for site in sites if site.enabled})
     return Context(settings, sites, plans, mutating, doit_command(argv) == "run" and not mutating)
 
 

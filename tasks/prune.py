@@ -15,24 +15,24 @@ from wpbackup.s3 import describe, make_client
 from .context import CONTEXT
 
 
-def prune_action(dry_run):
-    """Print the plan (what is kept and why, what goes); without --dry-run, carry it out."""
-    settings = CONTEXT.settings
-    names = sorted({site.name for site in CONTEXT.sites} | {
-        p.name.split("-backup-")[0] for p in settings.backup_dir.glob("*-backup-*.tar.zst")})
-    excess = {name: steps.local_excess(settings, name) for name in names}
+def _plan(settings, excess: dict[str, list[str]]):
+    """(client, plan, S3 failure): when the S3 part cannot even be planned (S3 unreachable, a
+    listing refused), the plan holds only the local part and the failure says why."""
     try:
         client = make_client(settings) if settings.s3_enabled else None
-        the_plan = prune.plan(settings, settings.keep_daily, settings.keep_weekly, settings.keep_monthly,
-                              client, excess)
+        return client, prune.plan(settings, settings.keep_daily, settings.keep_weekly, settings.keep_monthly,
+                                  client, excess), ""
     except BackupError as exc:
-        return TaskFailed(str(exc))
+        return None, prune.local_only(excess), str(exc)
     except Exception as exc:
-        return TaskFailed(str(describe(exc, settings.s3_endpoint_url, settings.s3_bucket)))
+        return None, prune.local_only(excess), str(describe(exc, settings.s3_endpoint_url, settings.s3_bucket))
+
+
+def _print_plan(settings, the_plan, dry_run: bool, s3_failed: str) -> None:
     verb = "would delete" if dry_run else "deleting"
     for site, entry in sorted(the_plan.sites.items()):
-        print(f"{site}: S3 keep {len(entry.keep)}, {verb} {len(entry.delete)}; "
-              f"local {verb} {len(entry.local_delete)} (LOCAL_KEEP={settings.local_keep})")
+        s3_part = "S3 part not planned" if s3_failed else f"S3 keep {len(entry.keep)}, {verb} {len(entry.delete)}"
+        print(f"{site}: {s3_part}; local {verb} {len(entry.local_delete)} (LOCAL_KEEP={settings.local_keep})")
         for key, reasons in entry.keep.items():
             print(f"  keep   {key}  ({', '.join(reasons)})")
         for key in entry.delete:
@@ -41,18 +41,41 @@ def prune_action(dry_run):
             print(f"  delete local {name}")
     for key in the_plan.unknown:
         print(f"not in the catalog, left alone: s3://{settings.s3_bucket}/{key}")
+    if the_plan.unlisted:
+        log.warning("prune: cannot list s3://%s/%s (%s: the key lacks s3:ListBucket), so objects the catalog "
+                    "does not know are not reported; retention goes by the catalog", settings.s3_bucket,
+                    prune.server_prefix(settings), the_plan.unlisted)
+
+
+def prune_action(dry_run):
+    """Print the plan (what is kept and why, what goes); without --dry-run, carry it out.
+
+    The S3 part and the local part fail apart: an S3 error (unreachable, a listing or a delete
+    refused) stops the S3 part, the local part (LOCAL_KEEP) is still applied, and the task
+    fails naming the part that failed."""
+    settings = CONTEXT.settings
+    names = sorted({site.name for site in CONTEXT.sites} | {
+        p.name.split("-backup-")[0] for p in settings.backup_dir.glob("*-backup-*.tar.zst")})
+    excess = {name: steps.local_excess(settings, name) for name in names}
+    client, the_plan, s3_failed = _plan(settings, excess)
+    _print_plan(settings, the_plan, dry_run, s3_failed)
+    deleted: dict[str, int] = {}
     if dry_run:
         print("dry run: nothing was deleted")
-        return True
-    try:
-        deleted = prune.apply(settings, the_plan, client) if client else {}
-    except BackupError as exc:
-        log.error("prune: %s", exc)
-        return TaskFailed(f"prune: {exc}")
-    for entry in the_plan.sites.values():
-        steps.remove_local(settings, entry.local_delete)
-    print(f"pruned: {sum(deleted.values())} S3 objects, "
-          f"{sum(len(e.local_delete) for e in the_plan.sites.values())} local archives")
+    else:
+        try:
+            deleted = prune.apply(settings, the_plan, client) if client else {}
+        except prune.S3PartFailed as exc:
+            s3_failed, deleted = str(exc), exc.deleted
+        for entry in the_plan.sites.values():
+            steps.remove_local(settings, entry.local_delete)
+        print(f"pruned: {sum(deleted.values())} S3 objects, "
+              f"{sum(len(e.local_delete) for e in the_plan.sites.values())} local archives")
+    if s3_failed:
+        local = "planned only (dry run)" if dry_run else "applied"
+        message = f"prune: the S3 part failed: {s3_failed}; the local part (LOCAL_KEEP) was {local}"
+        log.error("%s", message)
+        return TaskFailed(message)
     return True
 
 

@@ -96,7 +96,12 @@ class Install:
         return [sys.executable, "-m", "doit", "-f", str(REPO / "dodo.py"), *args]
 
     def process_env(self, extra: dict | None = None) -> dict:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("S3_", "D1_", "AWS_"))}
+        """The inherited environment without anything this tool (or boto3) would read, so a
+        developer's shell cannot change what a test means; then this install's .env."""
+        from wpbackup.settings import ENVIRONMENT_KEYS
+
+        env = {k: v for k, v in os.environ.items()
+               if k not in ENVIRONMENT_KEYS and not k.startswith(("S3_", "D1_", "AWS_"))}
         env.update(WPBACKUP_ENV=str(self.env_path), PYTHONUNBUFFERED="1", **(extra or {}))
         return env
 

@@ -104,7 +104,7 @@ def test_bad_sites_json_stops_before_any_task(install, sites, expected):
 @pytest.mark.parametrize("key, value, expected", [
     ("SERVER_ID", "Web_1", "SERVER_ID: 'Web_1' is not valid"),
     ("ZSTD_LEVEL", "fast", "ZSTD_LEVEL: expected a number"),
-    ("LOCAL_KEEP", "0", "LOCAL_KEEP: must be at least 1"),
+    ("LOCAL_KEEP", "0", "LOCAL_KEEP: must be between 1 and 10000, got '0'"),
 ])
 def test_bad_env_value_is_named(install, wordpress, key, value, expected):
     install.add_site("blog", wordpress)
@@ -113,6 +113,86 @@ def test_bad_env_value_is_named(install, wordpress, key, value, expected):
     assert result.returncode == 3
     assert expected in result.stderr and str(install.env_path) in result.stderr
     assert "Traceback" not in _out(result)
+
+
+def test_site_name_with_a_trailing_newline_stops_before_any_task(install, wordpress):
+    install.add_site("blog\n", wordpress)
+    result = install.doit("backup")
+    assert result.returncode == 3
+    assert "site 'blog\\n': name: 'blog\\n' must match" in result.stderr
+    assert not install.backup_dir.exists() and "Traceback" not in _out(result)
+
+
+@pytest.mark.parametrize("content, expected", [
+    (b'{"sites": [{"name": "caf\xe9", "path": "/srv/x"}]}', "not UTF-8 text (byte 0xe9 at offset 24)"),
+    (b"[" * 100_000, "nested too deeply to be a sites.json"),
+    (json.dumps({"sites": [{"name": "blog", "path": "/" + "a" * 100_000}]}).encode(),
+     "site 'blog': path: is 100001 bytes long"),
+    (b'{"sites": [{"name": "blog", "path": "/srv/\\u0000x"}]}', "site 'blog': path: holds a NUL byte"),
+])
+def test_sites_json_that_is_no_sites_json_is_a_config_error(install, content, expected):
+    install.write()
+    (install.root / "sites.json").write_bytes(content)
+    result = subprocess.run(install.command("backup"), capture_output=True, text=True,
+                            env=install.process_env(), cwd=install.root)
+    assert result.returncode == 3, _out(result)
+    assert f"{install.root / 'sites.json'}: {expected}" in result.stderr
+    assert "Traceback" not in _out(result) and len(result.stderr) < 2000
+    assert not install.backup_dir.exists()
+
+
+def test_s3_settings_without_bucket_stop_the_run(install, wordpress):
+    install.add_site("blog", wordpress)
+    install.env.update(S3_ENDPOINT_URL="http://127.0.0.1:9", S3_ACCESS_KEY_ID="testing",
+                       S3_SECRET_ACCESS_KEY="testing-secret-key-123", S3_BUKET="wp-backups")
+    result = install.doit("backup")
+    assert result.returncode == 3
+    assert "S3_BUCKET: not set, while S3_ENDPOINT_URL, S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY are" in result.stderr
+    assert "warning: " + str(install.env_path) + ": S3_BUKET: not a key this tool reads; did you mean S3_BUCKET?" \
+        in result.stderr
+    assert "testing-secret-key-123" not in _out(result)
+    assert not install.backup_dir.exists()
+
+
+def test_misspelt_key_is_a_warning_and_the_run_goes_on(install, wordpress):
+    install.add_site("blog", wordpress)
+    install.env["KEEP_DAYLY"] = "3"
+    result = install.doit("list")
+    assert result.returncode == 0, _out(result)
+    assert f"wordpress-backup: warning: {install.env_path}: KEEP_DAYLY: not a key this tool reads; " \
+           "did you mean KEEP_DAILY?" in result.stderr.splitlines()
+
+
+def test_inherited_environment_cannot_change_what_a_test_runs(install, wordpress, monkeypatch):
+    from wpbackup.settings import ENVIRONMENT_KEYS
+
+    for key in ENVIRONMENT_KEYS:
+        monkeypatch.setenv(key, "from-the-shell\n")
+    install.add_site("blog", wordpress)
+    result = install.doit("list")
+    assert result.returncode == 0, _out(result)
+    assert "configuration error" not in result.stderr and "warning" not in result.stderr
+
+
+def test_value_wp_config_computes_fails_that_site_until_sites_json_gives_it(install, wordpress, tmp_path):
+    computed = make_site(tmp_path, wordpress, name="computed")
+    config = computed / "wp-config.php"
+    config.write_text(config.read_text().replace(f"define('DB_PASSWORD', '{wordpress.db_password}');",
+                                                 "define('DB_PASSWORD', getenv('WP_DB_PASSWORD'));"))
+    install.add_site("good", wordpress)
+    site = install.add_site("computed", wordpress, path=str(computed))
+    result = install.doit("backup")
+    output = _out(result)
+    assert result.returncode != 0 and "SUMMARY good: OK" in output
+    assert (f"site computed: {config}: DB_PASSWORD is set through an expression (line " in output
+            and 'give "password" in the site\'s "db" settings in sites.json' in output)
+    assert "Traceback" not in output
+    errors = install.rows("SELECT site_name FROM backup_log WHERE status = 'ERROR'")
+    assert [row["site_name"] for row in errors] == ["computed"]
+    site["db"] = {"password": wordpress.db_password}
+    again = install.doit("backup:computed")
+    assert again.returncode == 0, _out(again)
+    assert "SUMMARY computed: OK" in _out(again)
 
 
 def test_missing_sites_file_says_what_to_do(install):

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 
-from wpbackup import catalog
+import pytest
+
+from wpbackup import catalog, steps
 from wpbackup.retention import keep_reasons
+from wpbackup.settings import load_settings
 
 END = date(2026, 11, 25)  # a Wednesday
 EXPECTED = {  # KEEP_DAILY=7, KEEP_WEEKLY=4, KEEP_MONTHLY=6, worked out by hand
@@ -91,11 +94,13 @@ def _local_archives(install, s3, days: int, uploaded: int) -> list[str]:
     return names
 
 
-def test_local_keep_applies_only_to_archives_with_a_verified_s3_copy(install, s3):
-    names = _local_archives(install, s3, days=4, uploaded=2)  # only the two oldest were uploaded and verified
+def test_local_keep_counts_archives_whose_upload_never_succeeded(install, s3):
+    """Four local archives, only the two oldest uploaded: LOCAL_KEEP=1 keeps the newest alone,
+    uploaded or not, so an S3 outage cannot fill the disk one archive a night."""
+    names = _local_archives(install, s3, days=4, uploaded=2)
     result = install.doit("prune")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert sorted(p.name for p in install.backup_dir.glob("*.tar.zst")) == names[2:]
+    assert sorted(p.name for p in install.backup_dir.glob("*.tar.zst")) == names[3:]
 
 
 def test_an_s3_copy_that_failed_verify_fills_no_retention_slot(install, s3):
@@ -147,3 +152,53 @@ def test_local_keep_keeps_the_local_copy_when_the_s3_copy_failed_verify(install,
     assert result.returncode == 0, result.stdout + result.stderr
     # names[1] had an intact S3 copy and goes; names[0] may be the only good copy left
     assert sorted(p.name for p in install.backup_dir.glob("*.tar.zst")) == [names[0], names[2]]
+
+
+@pytest.mark.parametrize("failure", ["listing", "delete"])
+def test_a_prune_that_meets_an_s3_error_still_applies_local_keep(install, s3, s3_proxy, failure):
+    """S3 is down from the start (the listing fails) or refuses the DeleteObjects: the local
+    part of retention, decided from the catalog, is applied all the same, nothing is deleted
+    on S3, and prune fails naming the part that failed."""
+    names = _local_archives(install, s3, days=4, uploaded=2)
+    install.env.update(S3_ENDPOINT_URL=s3_proxy.url, S3_MAX_ATTEMPTS="1", KEEP_DAILY="1", KEEP_WEEKLY="0",
+                       KEEP_MONTHLY="0")
+    for name in names[:2]:
+        s3.s3.put_object(Bucket=s3.bucket, Key=f"web-1/x/{name}", Body=b"x")
+    if failure == "listing":
+        s3_proxy.unavailable = True
+    else:
+        s3_proxy.refuse_delete = True
+    expected = "S3 error ServiceUnavailable"
+    install.write()
+    going = steps.local_excess(load_settings({"WPBACKUP_ENV": str(install.env_path)}), "blog")
+    assert going  # LOCAL_KEEP=1 has something to remove
+    if failure == "listing":  # the S3 part cannot even be planned: a dry run says so, and fails
+        dry = install.doit("prune", "--dry-run")
+        assert dry.returncode != 0 and "Traceback" not in dry.stdout + dry.stderr
+        assert f"the S3 part failed: {expected}" in dry.stderr and "planned only (dry run)" in dry.stderr
+        assert len(install.archives()) == 4
+
+    result = install.doit("prune")
+    out = result.stdout + result.stderr
+    assert result.returncode != 0 and "Traceback" not in out
+    assert f"prune: the S3 part failed: {expected}" in out and "the local part (LOCAL_KEEP) was applied" in out
+    assert [p.name for p in install.archives()] == [n for n in names if n not in going]
+    keys = {o["Key"] for o in s3.s3.list_objects_v2(Bucket=s3.bucket)["Contents"]}
+    assert keys == {f"web-1/x/{n}" for n in names[:2]}  # KEEP_DAILY=1 would have deleted one
+    assert install.rows("SELECT * FROM s3_archives WHERE deleted_at IS NOT NULL") == []
+
+
+def test_a_key_without_list_bucket_still_prunes_by_the_catalog(install, s3, s3_proxy):
+    """The listing only reports objects the catalog does not know: without s3:ListBucket that
+    report is left out with a warning, and the deletes the catalog decides go ahead."""
+    names = _local_archives(install, s3, days=3, uploaded=3)
+    install.env.update(S3_ENDPOINT_URL=s3_proxy.url, KEEP_DAILY="1", KEEP_WEEKLY="0", KEEP_MONTHLY="0")
+    for name in names:
+        s3.s3.put_object(Bucket=s3.bucket, Key=f"web-1/x/{name}", Body=b"x")
+    s3_proxy.deny_list_objects = s3_proxy.require_delete_md5 = True
+    result = install.doit("prune")
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    assert "cannot list s3://wp-backups/web-1/ (AccessDenied: the key lacks s3:ListBucket)" in out
+    assert {o["Key"] for o in s3.s3.list_objects_v2(Bucket=s3.bucket)["Contents"]} == {f"web-1/x/{names[-1]}"}
+    assert len(install.rows("SELECT * FROM s3_archives WHERE deleted_at IS NOT NULL")) == 2

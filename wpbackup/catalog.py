@@ -186,3 +186,15 @@ def successes(path: Path, site: str) -> list[sqlite3.Row]:
             "ORDER BY b.run_stamp DESC, b.id DESC",
             (site,),
         ).fetchall()
+
+
+def archived_names(path: Path, server_id: str, site: str) -> set[str]:
+    """Names of this site's archives that ever reached S3 (an s3_archives row, verified when
+    uploaded, whether prune deleted that copy since or not): a local archive without one is
+    still waiting for its upload."""
+    if not path.exists():
+        return set()
+    with closing(connect(path)) as conn:
+        rows = conn.execute("SELECT DISTINCT archive_name FROM s3_archives WHERE server_id = ? AND site_name = ?",
+                            (server_id, site)).fetchall()
+    return {row[0] for row in rows}

@@ -48,8 +48,13 @@ def client_binary() -> str:
     return _find("mariadb", "mysql")
 
 
+_OPTION_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b"}
+
+
 def _option_value(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """A value for a client option file, quoted with the escapes it understands, so no
+    character of a password can end the line or the quotes early."""
+    return '"' + "".join(_OPTION_ESCAPES.get(char, char) for char in value) + '"'
 
 
 @contextmanager

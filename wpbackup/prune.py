@@ -7,6 +7,9 @@ Never touched: another server's objects, objects the catalog does not know (repo
 newest archive of a site. An archive whose S3 copy failed its latest `doit verify --remote`
 fills no daily/weekly/monthly slot, so the policy still keeps as many intact archives as it
 promises; the damaged one itself goes only where the plain policy would drop it anyway.
+
+The two parts fail apart: S3 unreachable, or refusing a listing or a delete, stops the S3 part
+(S3PartFailed) while LOCAL_KEEP, decided from the catalog alone, is still applied.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ import sqlite3
 from contextlib import closing
 from dataclasses import dataclass, field
 
-from . import catalog
+from botocore.exceptions import ClientError
+
+from . import catalog, s3
 from .errors import BackupError
 from .retention import keep_reasons
 from .s3 import describe
@@ -36,6 +41,22 @@ class SitePlan:
 class Plan:
     sites: dict[str, SitePlan]
     unknown: list[str]
+    unlisted: str = ""  # why the bucket could not be listed for unknown objects (e.g. AccessDenied)
+
+
+class S3PartFailed(BackupError):
+    """The S3 part of a prune stopped or was refused in part; ``deleted`` counts per site what
+    went before that, so the local part can still be applied and the summary stays true."""
+
+    def __init__(self, message: str, deleted: dict[str, int]):
+        super().__init__(message)
+        self.deleted = deleted
+
+
+def local_only(local_excess: dict[str, list[str]]) -> Plan:
+    """The local part of retention alone (LOCAL_KEEP), for when the S3 part cannot be planned:
+    which local archives may go is read from the catalog, not from S3."""
+    return Plan({site: SitePlan(site, local_delete=names) for site, names in local_excess.items()}, [])
 
 
 def _live_rows(settings: Settings) -> list[sqlite3.Row]:
@@ -46,7 +67,7 @@ def _live_rows(settings: Settings) -> list[sqlite3.Row]:
 
 
 def server_prefix(settings: Settings) -> str:
-    return "/".join(p for p in (settings.s3_prefix, settings.server_id) if p) + "/"
+    return s3.server_prefix(settings.s3_prefix, settings.server_id)
 
 
 def _reasons(stamps: dict[str, sqlite3.Row], damaged: set[str], *keep: int) -> dict[str, list[str]]:
@@ -80,14 +101,29 @@ def plan(settings: Settings, keep_daily: int, keep_weekly: int, keep_monthly: in
                     entry.keep[row["filename"]] = reasons[stamp]
                 else:
                     entry.delete.append(row["filename"])
-    unknown: list[str] = []
+    unknown, unlisted = [], ""
     if settings.s3_enabled and client is not None:
-        paginator = client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=settings.s3_bucket, Prefix=server_prefix(settings)):
-            unknown += [o["Key"] for o in page.get("Contents", []) if o["Key"] not in known]
+        unknown, unlisted = _unknown_objects(settings, client, known)
     for site, names in (local_excess or {}).items():
         sites.setdefault(site, SitePlan(site)).local_delete = names
-    return Plan(sites, unknown)
+    return Plan(sites, unknown, unlisted)
+
+
+def _unknown_objects(settings: Settings, client, known: set[str]) -> tuple[list[str], str]:
+    """Objects under this server's prefix the catalog does not know (only reported). A key
+    without s3:ListBucket cannot list them: that costs the report, not the retention, which
+    deletes by the catalog's keys (returned: why, e.g. "AccessDenied")."""
+    unknown: list[str] = []
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=settings.s3_bucket,
+                                                                      Prefix=server_prefix(settings)):
+            unknown += [o["Key"] for o in page.get("Contents", []) if o["Key"] not in known]
+    except ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code not in ("AccessDenied", "403"):
+            raise
+        return [], code
+    return unknown, ""
 
 
 def delete_objects(client, bucket: str, keys: list[str]) -> tuple[list[str], list[dict]]:
@@ -112,8 +148,12 @@ def mark_deleted(settings: Settings, keys: list[str]) -> None:
 
 
 def apply(settings: Settings, the_plan: Plan, client) -> dict[str, int]:
-    """Delete what the plan says on S3 and record it; returns deleted counts per site."""
+    """Delete what the plan says on S3 and record it; returns deleted counts per site.
+
+    A request that fails stops the S3 part (S3PartFailed); objects S3 refuses one by one are
+    reported once every site had its turn."""
     deleted: dict[str, int] = {}
+    refused: list[str] = []
     ours = server_prefix(settings)
     for site, entry in the_plan.sites.items():
         keys = [key for key in entry.delete if key.startswith(ours)]  # never another server's
@@ -122,7 +162,7 @@ def apply(settings: Settings, the_plan: Plan, client) -> dict[str, int]:
         try:
             gone, errors = delete_objects(client, settings.s3_bucket, keys)
         except Exception as exc:
-            raise describe(exc, settings.s3_endpoint_url, settings.s3_bucket) from None
+            raise S3PartFailed(str(describe(exc, settings.s3_endpoint_url, settings.s3_bucket)), deleted) from None
         mark_deleted(settings, gone)
         deleted[site] = len(gone)
         catalog.log_event(settings.db_path, "INFO",
@@ -131,6 +171,8 @@ def apply(settings: Settings, the_plan: Plan, client) -> dict[str, int]:
                           site=site, server_id=settings.server_id)
         if errors:
             first = errors[0]
-            raise BackupError(f"S3 refused to delete {len(errors)} objects of {site}, e.g. {first['Key']}: "
-                              f"{first.get('Code')} {first.get('Message', '')}")
+            refused.append(f"S3 refused to delete {len(errors)} objects of {site}, e.g. {first['Key']}: "
+                           f"{first.get('Code')} {first.get('Message', '')}")
+    if refused:
+        raise S3PartFailed("; ".join(refused), deleted)
     return deleted

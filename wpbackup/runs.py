@@ -6,8 +6,12 @@
 
 The loader only reads: an open run younger than STALE_RUN_HOURS and started with the same
 configuration (its fingerprint) is resumed (same stamp, same archive name); a closed one, or
-none, gives a new stamp; a stale or reconfigured one is abandoned and its leftovers cleaned by
-the first stage of the new run. Task names never carry the stamp.
+none, gives a new stamp; a stale or reconfigured one, or one whose folder is gone, is abandoned
+and its leftovers cleaned by the first stage of the new run. Task names never carry the stamp.
+
+A new stamp is the true time (UTC, to the second) and always later than the site's last one:
+when the clock shows an earlier second than the last run's stamp (it was stepped back), the
+site's run is refused rather than given a stamp that pretends to be later (``Run.refused``).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ class Run:
     abandoned: str | None = None
     fingerprint: str | None = None  # of everything that shapes this run's archive
     why_abandoned: str = ""  # what made the abandoned run unusable, for the log
+    refused: str = ""  # why this site may not run now (the clock is behind its last stamp)
 
     @property
     def folder(self) -> Path:
@@ -71,51 +76,76 @@ class Run:
 
 
 def read_state(site_dir: Path) -> dict | None:
+    """run.json, or None when it is missing or damaged (not JSON, not an object)."""
     try:
-        return json.loads((site_dir / "run.json").read_text())
+        data = json.loads((site_dir / "run.json").read_text())
     except (OSError, ValueError):
         return None
+    return data if isinstance(data, dict) else None
+
+
+def valid_stamp(value) -> str | None:
+    """``value`` if it is a run stamp, else None (a damaged run.json may hold anything)."""
+    try:
+        canonical = make_stamp(parse_stamp(value))
+    except (TypeError, ValueError):
+        return None
+    return value if canonical == value else None  # stamps compare as text: only the exact form
 
 
 def plan_run(work_dir: Path, site: str, now: datetime, stale_hours: float, fingerprint: str | None = None) -> Run:
     """Decide, without writing anything, which run this invocation works on.
 
-    An open run is resumed only when it is younger than STALE_RUN_HOURS, was started with the
-    configuration in force now (same ``fingerprint``: resuming it would describe the new
-    settings in a manifest beside the old content), and has not already recorded its result
-    (a catalog receipt: the process died just before closing it)."""
+    An open run is resumed only when its folder is still there, it is younger than
+    STALE_RUN_HOURS, was started with the configuration in force now (same ``fingerprint``:
+    resuming it would describe the new settings in a manifest beside the old content), and has
+    not already recorded its result (a catalog receipt: the process died just before closing
+    it). A damaged run.json names no run: the new run's first stage cleans every folder."""
     site_dir = work_dir / site
-    state = read_state(site_dir)
+    state = read_state(site_dir) or {}
     stamp = make_stamp(now)
-    if state and not state.get("closed"):
-        try:
-            started = parse_stamp(state["stamp"])
-        except (KeyError, ValueError, TypeError):
-            return Run(site, stamp, site_dir, fingerprint=fingerprint)
-        old = Run(site, state["stamp"], site_dir)
-        if old.receipt("catalog") is not None:
-            return Run(site, _after(stamp, state["stamp"]), site_dir, fingerprint=fingerprint)
-        why = ""
-        if now - started >= timedelta(hours=stale_hours):
-            why = f"was older than STALE_RUN_HOURS={stale_hours:g}"
-        elif fingerprint is not None and state.get("fingerprint") != fingerprint:
-            why = "was started with another configuration of the site (path, files, exclude or database)"
-        if not why:
-            return Run(site, state["stamp"], site_dir, resumed=True, fingerprint=fingerprint)
-        return Run(site, _after(stamp, state["stamp"]), site_dir, abandoned=state["stamp"],
-                   fingerprint=fingerprint, why_abandoned=why)
-    if state and isinstance(state.get("stamp"), str):
-        stamp = _after(stamp, state["stamp"])
-    return Run(site, stamp, site_dir, fingerprint=fingerprint)
+    previous = valid_stamp(state.get("stamp"))
+    if previous is None or state.get("closed"):
+        return _new_run(site, stamp, site_dir, fingerprint, previous)
+    old = Run(site, previous, site_dir)
+    if old.receipt("catalog") is not None:
+        return _new_run(site, stamp, site_dir, fingerprint, previous)
+    why = ""
+    if not old.folder.is_dir():
+        why = "has no run folder (it was removed, or the process was killed while the run was starting)"
+    elif now - parse_stamp(previous) >= timedelta(hours=stale_hours):
+        why = f"was older than STALE_RUN_HOURS={stale_hours:g}"
+    elif fingerprint is not None and state.get("fingerprint") != fingerprint:
+        why = "was started with another configuration of the site (path, files, exclude or database)"
+    if not why:
+        return Run(site, previous, site_dir, resumed=True, fingerprint=fingerprint)
+    return _new_run(site, stamp, site_dir, fingerprint, previous, abandoned=previous, why_abandoned=why)
+
+
+def _new_run(site: str, stamp: str, site_dir: Path, fingerprint: str | None, previous: str | None,
+             **abandoning) -> Run:
+    """A new run after ``previous`` (the site's last stamp): refused when the clock is behind
+    it, since any stamp now would be either untrue (made later) or sort before the last
+    archive (a newer backup that retention and `latest` would take for an older one)."""
+    if previous and previous > stamp:
+        return Run(site, stamp, site_dir, fingerprint=fingerprint, refused=clock_behind(site_dir, stamp, previous))
+    return Run(site, _after(stamp, previous) if previous else stamp, site_dir, fingerprint=fingerprint,
+               **abandoning)
+
+
+def clock_behind(site_dir: Path, stamp: str, previous: str) -> str:
+    """The refusal an operator reads when the clock was stepped back behind a site's last run."""
+    return (f"the clock is behind this site's last run: it is {stamp} UTC now, but run {previous} "
+            f"exists and a new archive would sort before it, so none is made until the clock passes "
+            f"that; check the system clock (timedatectl, NTP), or, if it is right and that stamp was "
+            f"wrong, remove {site_dir / 'run.json'}")
 
 
 def _after(stamp: str, previous: str) -> str:
-    """``stamp``, or the second after ``previous`` when the clock has not passed it yet."""
-    try:
-        if previous >= stamp:
-            return make_stamp(parse_stamp(previous) + timedelta(seconds=1))
-    except ValueError:
-        pass
+    """``stamp``, or the second after ``previous`` when both fall in the same second (the
+    loader waits for the next second first, so this only guards callers that do not)."""
+    if previous == stamp:
+        return make_stamp(parse_stamp(previous) + timedelta(seconds=1))
     return stamp
 
 

@@ -5,7 +5,14 @@
 
 A multipart upload's UploadId and finished parts live in a small state file, so an upload
 cut off half-way continues from the parts the server already holds (ListParts) on the next
-run. Uploads of ours that are no longer wanted are aborted, never left to bill forever.
+run. Uploads of ours that are no longer wanted are aborted, never left to bill forever: the
+one a state file names when the bucket or key moved, and (``sweep_uploads``) any upload under
+this server's prefix older than STALE_RUN_HOURS that no open run will resume.
+
+Providers as they are: part ETags that are no MD5s (SSE-KMS, SSE-C) are accepted once the
+part read back from disk still matches the checksum the provider checked, and the object is
+then verified by streaming it back; DeleteObjects always carries Content-MD5; a 403 on the
+"is it there already?" HEAD (a key without s3:ListBucket) means "cannot tell".
 """
 
 from __future__ import annotations
@@ -21,7 +28,8 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import boto3
@@ -78,13 +86,32 @@ def _new_client(settings):
     if settings.s3_access_key_id and settings.s3_secret_access_key:
         kwargs = {"aws_access_key_id": settings.s3_access_key_id,
                   "aws_secret_access_key": settings.s3_secret_access_key}
-    return boto3.session.Session().client("s3", endpoint_url=settings.s3_endpoint_url, config=config, **kwargs)
+    client = boto3.session.Session().client("s3", endpoint_url=settings.s3_endpoint_url, config=config, **kwargs)
+    client.meta.events.register("before-call.s3.DeleteObjects", _delete_content_md5)
+    return client
+
+
+def _delete_content_md5(params: dict, **_) -> None:
+    """Content-MD5 on every DeleteObjects: older MinIO, Ceph RGW and others refuse the request
+    without it, and botocore (since 1.36, even with ``when_required``) sends only a CRC32."""
+    body = params.get("body")
+    headers = params.setdefault("headers", {})
+    if isinstance(body, str):
+        body = body.encode()
+    if isinstance(body, bytes) and not any(name.lower() == "content-md5" for name in headers):
+        headers["Content-MD5"] = _b64(_md5(body))
 
 
 def object_key(prefix: str | None, server_id: str, stamp: str, name: str) -> str:
     """[S3_PREFIX/]SERVER_ID/YYYY/MM/DD/NAME, dated by the archive's UTC stamp."""
     date = f"{stamp[0:4]}/{stamp[4:6]}/{stamp[6:8]}"
     return "/".join(part for part in (prefix, server_id, date, name) if part)
+
+
+def server_prefix(prefix: str | None, server_id: str) -> str:
+    """[S3_PREFIX/]SERVER_ID/: everything of this server's under the bucket, and nothing of
+    another's (the closing "/" keeps web-1 out of web-10)."""
+    return "/".join(part for part in (prefix, server_id) if part) + "/"
 
 
 def describe(exc: Exception, endpoint: str | None, bucket: str) -> BackupError:
@@ -138,6 +165,7 @@ class Uploaded:
     parts: int
     resumed_parts: int = 0
     assembly_seconds: float = 0.0  # CompleteMultipartUpload: the provider joining the parts
+    moved: str = ""  # what became of an unfinished upload left where S3_BUCKET/S3_PREFIX pointed before
 
 
 class PartReader:
@@ -204,12 +232,17 @@ class _State:
             os.replace(tmp, self.path)
 
 
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
 def abort_upload(client, bucket: str, key: str, upload_id: str) -> None:
-    """Abort one multipart upload; an already finished or aborted one is fine."""
+    """Abort one multipart upload; an already finished or aborted one is fine, and so is one
+    in a bucket that no longer exists (nothing left there to bill)."""
     try:
         client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") not in ("NoSuchUpload", "404"):
+        if _code(exc) not in ("NoSuchUpload", "404", "NoSuchBucket"):
             raise
 
 
@@ -219,14 +252,24 @@ def recorded_upload(state_path: Path) -> tuple[str, str] | None:
     return (data["key"], data["upload_id"]) if data.get("upload_id") and data.get("key") else None
 
 
-def remember_abort(pending: Path, key: str, upload_id: str) -> None:
-    """Keep an upload that could not be aborted now, so a later run aborts it."""
+#: pending-aborts.json is rewritten by one site's start and another site's upload thread
+_pending_lock = threading.Lock()
+
+
+def remember_abort(pending: Path, key: str, upload_id: str, bucket: str | None = None) -> None:
+    """Keep an upload that could not be aborted now, so a later run aborts it: [key, id] in
+    the current bucket, or [key, id, bucket] for one left in a bucket no longer configured."""
+    with _pending_lock:
+        _remember(pending, [key, upload_id, bucket] if bucket else [key, upload_id])
+
+
+def _remember(pending: Path, item: list) -> None:
     try:
         items = json.loads(pending.read_text())
     except (OSError, ValueError):
         items = []
-    if [key, upload_id] not in items:
-        items.append([key, upload_id])
+    if item not in items:
+        items.append(item)
     tmp = pending.with_name(pending.name + ".tmp")
     tmp.write_text(json.dumps(items))
     os.replace(tmp, pending)
@@ -234,21 +277,64 @@ def remember_abort(pending: Path, key: str, upload_id: str) -> None:
 
 def retry_aborts(client, bucket: str, pending: Path) -> int:
     """Abort the uploads left pending by earlier runs; returns how many are still pending."""
+    with _pending_lock:
+        return _retry(client, bucket, pending)
+
+
+def _retry(client, bucket: str, pending: Path) -> int:
     try:
         items = json.loads(pending.read_text())
     except (OSError, ValueError):
         return 0
     left = []
-    for key, upload_id in items:
+    for item in items:
+        key, upload_id, where = (*item, bucket)[:3]
         try:
-            abort_upload(client, bucket, key, upload_id)
+            abort_upload(client, where, key, upload_id)
         except (ClientError, BotoCoreError):
-            left.append([key, upload_id])
+            left.append(item)
     if left:
         pending.write_text(json.dumps(left))
     else:
         pending.unlink(missing_ok=True)
     return len(left)
+
+
+@dataclass
+class Swept:
+    """What a sweep of old multipart uploads did: how many it aborted, the keys it could not
+    abort, and why it could not list them at all (``denied``, e.g. AccessDenied)."""
+    aborted: int = 0
+    failed: list[str] = field(default_factory=list)
+    denied: str = ""
+
+
+def sweep_uploads(client, bucket: str, prefix: str, before: datetime, keep: set[str]) -> Swept:
+    """Abort the multipart uploads under ``prefix`` initiated before ``before`` whose UploadId
+    is not in ``keep`` (the ones an open run will resume).
+
+    ``prefix`` ends with "/", so "web-1/" never reaches "web-10/". The uploads are listed first
+    and aborted after, so the listing's markers do not move under it. A key not allowed to
+    list uploads (s3:ListBucketMultipartUploads) is reported in ``denied``; the caller goes on."""
+    found = []
+    try:
+        for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix):
+            found += page.get("Uploads", [])
+    except ClientError as exc:
+        if _code(exc) in ("AccessDenied", "403", "NotImplemented", "MethodNotAllowed"):
+            return Swept(denied=_code(exc))
+        raise
+    swept = Swept()
+    for upload in found:
+        key, upload_id, initiated = upload.get("Key", ""), upload.get("UploadId"), upload.get("Initiated")
+        if not key.startswith(prefix) or not upload_id or upload_id in keep or not initiated or initiated >= before:
+            continue
+        try:
+            abort_upload(client, bucket, key, upload_id)
+            swept.aborted += 1
+        except (ClientError, BotoCoreError):
+            swept.failed.append(key)
+    return swept
 
 
 def _server_parts(client, bucket: str, key: str, upload_id: str) -> dict[int, tuple[str, int]]:
@@ -264,12 +350,66 @@ def _server_parts(client, bucket: str, key: str, upload_id: str) -> dict[int, tu
 
 
 def _existing(client, bucket: str, key: str) -> dict | None:
+    """The object already at ``key`` (a run that died between upload and receipt), or None.
+
+    Without s3:ListBucket, AWS answers the HEAD of a missing key with 403, not 404: that only
+    means "cannot tell", so the upload goes ahead (credentials that are really refused fail on
+    the upload itself, with its own message)."""
     try:
         return client.head_object(Bucket=bucket, Key=key)
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+        if _code(exc) in ("404", "NoSuchKey", "NotFound", "403", "AccessDenied", "Forbidden"):
             return None
         raise
+
+
+def _recorded(state: _State, bucket: str) -> dict:
+    """Where and what the state file's upload was for (files from before the bucket was
+    recorded meant the bucket configured now)."""
+    data = state.data
+    return {"bucket": data.get("bucket") or bucket, "key": data.get("key"), "size": data.get("size"),
+            "sha256": data.get("sha256"), "part_size": data.get("part_size"),
+            "checksum": data.get("checksum", "none")}
+
+
+def _drop_recorded(client, state: _State, bucket: str, key: str, pending: Path | None) -> str:
+    """Abort the upload a state file records that this upload will not resume, where it is:
+    in the bucket and under the key it was started with, which differ from today's when the
+    operator changed S3_BUCKET or S3_PREFIX while the run was open. One that cannot be aborted
+    now goes to ``pending`` for a later run. Returns a sentence for the log when it had moved."""
+    data = state.data
+    if not data.get("upload_id") or not data.get("key"):
+        return ""
+    old_bucket, old_key, upload_id = data.get("bucket") or bucket, data["key"], data["upload_id"]
+    try:
+        abort_upload(client, old_bucket, old_key, upload_id)
+        outcome = "was aborted"
+    except (ClientError, BotoCoreError):
+        if pending is None:
+            raise
+        remember_abort(pending, old_key, upload_id, old_bucket if old_bucket != bucket else None)
+        outcome = f"could not be aborted now; a later run retries ({pending.name})"
+    state.data = {}
+    state.path.unlink(missing_ok=True)
+    if (old_bucket, old_key) == (bucket, key):  # same place, another archive, part size or mode
+        return ""
+    return (f"the unfinished upload at s3://{old_bucket}/{old_key} (the bucket or key prefix changed "
+            f"since) {outcome}; uploading afresh")
+
+
+def _abort_others(client, bucket: str, key: str, upload_id: str | None) -> None:
+    """Abort other unfinished uploads of this very key (a run killed before it saved its
+    state). A key not allowed to list uploads skips this: the sweep says so, and the
+    lifecycle rule (docs/s3-storage.md) is the safety net."""
+    try:
+        others = client.list_multipart_uploads(Bucket=bucket, Prefix=key).get("Uploads", [])
+    except ClientError as exc:
+        if _code(exc) in ("AccessDenied", "403", "NotImplemented", "MethodNotAllowed"):
+            return
+        raise
+    for other in others:
+        if other["Key"] == key and other["UploadId"] != upload_id:
+            abort_upload(client, bucket, key, other["UploadId"])
 
 
 def verify_object(client, bucket: str, key: str, size: int, sha256: str, etag: str | None,
@@ -317,7 +457,12 @@ def upload_archive(client, bucket: str, key: str, path: Path, sha256: str, metad
     parts' checksums as computed while the archive was written: sent as they are, so the
     provider checks what it receives against the archive as written, and no part is read
     twice. An archive no longer as written is refused (ArchiveChanged) and its multipart upload
-    aborted; one that cannot be aborted now is kept in ``pending`` for a later run."""
+    aborted; one that cannot be aborted now is kept in ``pending`` for a later run.
+
+    A part whose ETag is not its MD5 (SSE-KMS, SSE-C) is accepted when its bytes on disk still
+    match the MD5 the provider checked; the object is then verified by download. A recorded
+    upload this one will not resume (other archive, part size or mode, or another bucket or
+    key: S3_BUCKET/S3_PREFIX changed) is aborted where it was started, and ``moved`` says so."""
     if checksum not in CHECKSUMS:
         raise BackupError(f"unknown S3 checksum mode {checksum!r} (one of {', '.join(CHECKSUMS)})")
     crc = checksum == "crc32"
@@ -332,10 +477,16 @@ def upload_archive(client, bucket: str, key: str, path: Path, sha256: str, metad
     if storage_class:
         extra["StorageClass"] = storage_class
 
+    state = _State(state_path)
+    wanted = {"bucket": bucket, "key": key, "size": size, "sha256": sha256, "part_size": part_size,
+              "checksum": checksum}
+    same = size > part_size and _recorded(state, bucket) == wanted
+    moved = "" if same else _drop_recorded(client, state, bucket, key, pending)
+
     head = _existing(client, bucket, key)
     if head and head.get("Metadata", {}).get("sha256") == sha256 and head["ContentLength"] == size:
         how = verify_object(client, bucket, key, size, sha256, None)
-        return Uploaded(key, size, head["ETag"].strip('"'), how, 0)
+        return Uploaded(key, size, head["ETag"].strip('"'), how, 0, moved=moved)
 
     if size <= part_size:
         with open(path, "rb") as handle:
@@ -351,16 +502,10 @@ def upload_archive(client, bucket: str, key: str, path: Path, sha256: str, metad
         if progress:
             progress(size)
         how = verify_object(client, bucket, key, size, sha256, md5.hex() if md5 else None, crc32)
-        return Uploaded(key, size, response.get("ETag", "").strip('"'), how, 1)
+        return Uploaded(key, size, response.get("ETag", "").strip('"'), how, 1, moved=moved)
 
-    state = _State(state_path)
-    same = {k: state.data.get(k, "none" if k == "checksum" else None)
-            for k in ("key", "size", "sha256", "part_size", "checksum")} == {
-        "key": key, "size": size, "sha256": sha256, "part_size": part_size, "checksum": checksum}
     done: dict[int, str] = {}
     upload_id = state.data.get("upload_id") if same else None
-    if state.data.get("upload_id") and not same:
-        abort_upload(client, bucket, state.data["key"], state.data["upload_id"])
     if upload_id:
         try:
             server = _server_parts(client, bucket, key, upload_id)
@@ -374,17 +519,15 @@ def upload_archive(client, bucket: str, key: str, path: Path, sha256: str, metad
                 expected = min(part_size, size - (number - 1) * part_size)
                 if mine.get(str(number)) == etag and stored == expected and (not crc or str(number) in sums):
                     done[number] = etag
-    for other in client.list_multipart_uploads(Bucket=bucket, Prefix=key).get("Uploads", []):
-        if other["Key"] == key and other["UploadId"] != upload_id:
-            abort_upload(client, bucket, key, other["UploadId"])
+    _abort_others(client, bucket, key, upload_id)
     if not upload_id:
         algorithm = {"ChecksumAlgorithm": "CRC32", "ChecksumType": "COMPOSITE"} if crc else {}
         upload_id = client.create_multipart_upload(Bucket=bucket, Key=key, **algorithm, **extra)["UploadId"]
         done = {}
     sums = state.data.get("crc32", {}) if crc else {}
-    state.data = {"key": key, "size": size, "sha256": sha256, "part_size": part_size, "checksum": checksum,
-                  "upload_id": upload_id, "parts": {str(n): e for n, e in done.items()},
-                  "crc32": {str(n): sums[str(n)] for n in done if str(n) in sums}}
+    state.data = {**wanted, "upload_id": upload_id, "parts": {str(n): e for n, e in done.items()},
+                  "crc32": {str(n): sums[str(n)] for n in done if str(n) in sums},
+                  "etags_not_md5": bool(done and state.data.get("etags_not_md5"))}
     state.save()
     resumed = len(done)
     if progress and done:
@@ -425,13 +568,16 @@ def upload_archive(client, bucket: str, key: str, path: Path, sha256: str, metad
                                      "the upload was aborted") from None
             raise
         etag = response["ETag"].strip('"')
-        if md5 and etag != md5.hex() and _MD5_ETAG.match(etag):
-            if written and body.digests()[0] != md5:  # else the provider's ETag is no plain MD5 (SSE-KMS...)
-                raise ArchiveChanged(f"S3 stored part {number} of {key} with another checksum: {path} no longer "
-                                     f"holds the bytes written (check it with sha256sum -c {path.name}.sha256); "
-                                     "the upload was aborted")
-            raise BackupError(f"S3 stored part {number} of {key} with another checksum")
+        plain = not md5 or etag == md5.hex()
+        if not plain and written and body.digests()[0] != md5:
+            raise ArchiveChanged(f"S3 stored part {number} of {key} with another checksum: {path} no longer "
+                                 f"holds the bytes written (check it with sha256sum -c {path.name}.sha256); "
+                                 "the upload was aborted")
+        # Otherwise the provider took the part after checking its Content-MD5, and its ETag is
+        # simply no MD5 (SSE-KMS, SSE-C): the finished object is then verified by reading it back.
         with state.lock:
+            if not plain:
+                state.data["etags_not_md5"] = True
             state.data["parts"][str(number)] = etag
             if crc32:
                 state.data["crc32"][str(number)] = _b64(crc32)
@@ -474,7 +620,9 @@ def upload_archive(client, bucket: str, key: str, path: Path, sha256: str, metad
             base64.b64decode(state.data["crc32"][str(n)]) for n in range(1, count + 1))).to_bytes(4, "big"))
     else:
         md5s = [bytes.fromhex(p["ETag"].strip('"')) if _MD5_ETAG.match(p["ETag"]) else b"" for p in parts]
-        expected, crc_expected = (f"{_md5(b''.join(md5s)).hex()}-{count}" if all(md5s) else None), None
+        plain = all(md5s) and not state.data.get("etags_not_md5")  # else: verified by download
+        expected, crc_expected = (f"{_md5(b''.join(md5s)).hex()}-{count}" if plain else None), None
     how = verify_object(client, bucket, key, size, sha256, expected, crc_expected, composite=crc)
     state_path.unlink(missing_ok=True)
-    return Uploaded(key, size, response.get("ETag", "").strip('"'), how, count, resumed, round(assembled, 2))
+    return Uploaded(key, size, response.get("ETag", "").strip('"'), how, count, resumed, round(assembled, 2),
+                    moved)

@@ -1,13 +1,20 @@
-"""`doit status`: per site, the last successful backup, its age, size and where it is."""
+"""`doit status`: per site, the last successful backup, its age, size, where it is, and how
+many of this server's local archives are still waiting for their upload (S3 mode)."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from . import catalog
 from .console import human_bytes
 from .settings import Settings
 from .sites import Site
+from .steps import waiting_uploads
+
+#: A last stamp further ahead of this server's clock than this is not "fresh" but a sign that
+#: a clock is wrong (this one now, or the one that took the backup); a little skew between
+#: servers of a fleet is normal.
+FUTURE_SLACK = timedelta(minutes=5)
 
 
 def _age_hours(when: str, now: datetime) -> float:
@@ -22,13 +29,13 @@ def _newer(one, other) -> bool:
 
 
 def status_lines(settings: Settings, sites: list[Site], now: datetime | None = None) -> tuple[list[str], bool]:
-    """The status table and whether every site has a recent enough success, and no newer
-    backup that had to leave files out (INCOMPLETE)."""
+    """The status table and whether every site has a recent enough success, no newer
+    backup that had to leave files out (INCOMPLETE), and no last stamp in the future (CLOCK?)."""
     now = now or datetime.now(timezone.utc)
     last = catalog.last_successes(settings.db_path)
     newest = catalog.last_successes(settings.db_path, include_incomplete=True)
     # AGE counts from the run's stamp: when the data was taken, not when the upload ended
-    rows = [("SERVER", "SITE", "LAST SUCCESS (UTC)", "AGE", "SIZE", "STORED", "STATE")]
+    rows = [("SERVER", "SITE", "LAST SUCCESS (UTC)", "AGE", "SIZE", "STORED", "NOT UPLOADED", "STATE")]
     healthy = True
     keys = [(settings.server_id, s.name) for s in sites if s.enabled]
     # the fleet's other servers (their rows arrive through the D1 sync); this server's
@@ -36,10 +43,12 @@ def status_lines(settings: Settings, sites: list[Site], now: datetime | None = N
     keys += sorted(k for k in last if k not in keys and k[0] != settings.server_id)
     for server, name in keys:
         row = last.get((server, name))
+        waiting = str(len(waiting_uploads(settings, name))) if server == settings.server_id and settings.s3_enabled \
+            else "-"
         if row is None:
             latest = newest.get((server, name))
             state = f"INCOMPLETE ({latest['incomplete']} unreadable)" if latest is not None else "NO BACKUP"
-            rows.append((server, name, "never", "-", "-", "-", state))
+            rows.append((server, name, "never", "-", "-", "-", waiting, state))
             healthy = False
             continue
         age = _age_hours(row["run_stamp"], now) if row["run_stamp"] else _age_hours(row["timestamp"], now)
@@ -52,9 +61,11 @@ def status_lines(settings: Settings, sites: list[Site], now: datetime | None = N
         latest = newest.get((server, name))
         if latest is not None and latest["incomplete"] and _newer(latest, row):
             state = f"INCOMPLETE ({latest['incomplete']} unreadable in {latest['archive_name']})"
+        if age < -FUTURE_SLACK.total_seconds() / 3600:  # "fresh" only because a clock is wrong
+            state = "CLOCK? (last stamp in the future)"
         healthy = healthy and state == "OK"
         rows.append((server, name, row["timestamp"], f"{age:.1f}h", human_bytes(row["archive_size"] or 0),
-                     " + ".join(stored) or "nowhere (deleted?)", state))
+                     " + ".join(stored) or "nowhere (deleted?)", waiting, state))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     return lines, healthy

@@ -19,7 +19,7 @@ import re
 import shutil
 import threading
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from . import __version__, archive, catalog, runs
@@ -36,10 +36,12 @@ from .s3 import (
     recorded_upload,
     remember_abort,
     retry_aborts,
+    server_prefix,
+    sweep_uploads,
     upload_archive,
 )
 from .settings import Settings
-from .sites import Site
+from .sites import SITE_NAME_RE, Site
 from .wpconfig import wordpress_version
 
 STAGES = ("dump", "tar", "compress", "upload", "catalog")
@@ -89,12 +91,15 @@ def start(settings: Settings, site: Site, run: Run) -> None:
 
 def _start(settings: Settings, site: Site, run: Run) -> None:
     prepare_backup_dir(settings)
+    if run.refused:  # the clock is behind the site's last run: no stamp now would be true and later
+        raise BackupError(run.refused)
     if not runs.open_run(run):
         return
     if run.abandoned:
         cleanup_abandoned(settings, site, run)
-    for folder in runs.leftovers(run):  # receipts of closed runs
-        shutil.rmtree(folder, ignore_errors=True)
+    for folder in runs.leftovers(run):
+        if folder.name != run.abandoned:  # one whose upload could not be released stays, said once
+            clear_leftover(settings, site, run, folder)
     catalog.log_event(settings.db_path, "START", f"backup run {run.stamp} started", site=site.name,
                       server_id=settings.server_id, stamp=run.stamp,
                       uid=f"{settings.server_id}:{site.name}:{run.stamp}:start")
@@ -102,26 +107,139 @@ def _start(settings: Settings, site: Site, run: Run) -> None:
 
 
 def cleanup_abandoned(settings: Settings, site: Site, run: Run) -> None:
-    """Remove what an abandoned run left: its work folder and any multipart upload."""
-    folder = run.site_dir / run.abandoned
-    upload = recorded_upload(folder / "upload-state.json")
-    if upload and settings.s3_enabled:
-        try:
-            abort_upload(make_client(settings), settings.s3_bucket, *upload)
-        except Exception as exc:  # cleanup must not block the new run; a later upload retries
-            remember_abort(pending_aborts(settings), *upload)
-            log.warning("%s: could not abort an old multipart upload (%s); will retry", site.name,
-                        type(exc).__name__)
-    shutil.rmtree(folder, ignore_errors=True)
-    left = settings.backup_dir / archive.archive_name(site.name, run.abandoned)
-    if left.exists():
-        _info(settings, site, run, f"{left.name} of the abandoned run stays in {settings.backup_dir}; "
-                                   "it was never uploaded")
+    """Remove what an abandoned run left: its multipart upload first (aborted, or kept in
+    pending-aborts.json for a later run), then its work folder; a complete archive it wrote
+    stays in BACKUP_DIR, and an INFO line says it was never uploaded."""
+    discard_run(settings, site.name, run.site_dir / run.abandoned, run.stamp)
     why = run.why_abandoned or f"was older than STALE_RUN_HOURS={settings.stale_run_hours:g}"
     message = f"run {run.abandoned} {why} and is abandoned; run {run.stamp} replaces it"
     catalog.log_event(settings.db_path, "INFO", message, site=site.name, server_id=settings.server_id,
                       stamp=run.stamp)
     log.info("%s: %s", site.name, message)
+
+
+def clear_leftover(settings: Settings, site: Site, run: Run, folder: Path) -> None:
+    """Another folder of this site's runs: a closed run's receipts go quietly. Any other one
+    belonged to a run no run.json names any more (run.json was damaged, or the process was
+    killed while the run was starting): abandoned like a stale run, upload aborted first."""
+    if _closed(site.name, folder):
+        discard_run(settings, site.name, folder, run.stamp, closed=True)
+    elif discard_run(settings, site.name, folder, run.stamp):
+        _note(settings, site.name, run.stamp, f"run {folder.name} was named by no readable run.json (damaged, "
+                                              "or the process was killed while the run was starting) and is "
+                                              f"abandoned; run {run.stamp} replaces it")
+
+
+def _closed(site_name: str, folder: Path) -> bool:
+    """A folder holding a run's catalog receipt: that run recorded its result."""
+    return Run(site_name, folder.name, folder.parent).receipt("catalog") is not None
+
+
+def discard_run(settings: Settings, site_name: str, folder: Path, stamp: str, closed: bool = False) -> bool:
+    """Delete a run folder no run will use again (dump, files part, receipts), but only once
+    the multipart upload it records was aborted or remembered in pending-aborts.json: nothing
+    under .work goes before that. The complete archive of an unfinished run stays in
+    BACKUP_DIR and is named in an INFO line (logged under ``stamp``). False: the folder stays."""
+    if not closed and (left := _left_archive(settings, site_name, folder)):
+        _note(settings, site_name, stamp, left)
+    if not folder.is_dir():
+        return True
+    if not release_upload(settings, site_name, folder):
+        return False
+    shutil.rmtree(folder, ignore_errors=True)
+    return True
+
+
+def _left_archive(settings: Settings, site_name: str, folder: Path) -> str | None:
+    """What became of the archive an unfinished run wrote, if it wrote one (before its folder goes)."""
+    name = archive.archive_name(site_name, folder.name)
+    if not (settings.backup_dir / name).exists():
+        return None
+    sent = Run(site_name, folder.name, folder.parent).receipt("upload")
+    if sent and sent.get("key"):
+        return (f"{name} of the abandoned run stays in {settings.backup_dir}; it was uploaded to "
+                f"s3://{sent.get('bucket')}/{sent['key']} but never recorded in the catalog")
+    return f"{name} of the abandoned run stays in {settings.backup_dir}; it was never uploaded"
+
+
+def release_upload(settings: Settings, site_name: str, folder: Path) -> bool:
+    """Abort the multipart upload a run folder records (upload-state.json: key, UploadId and,
+    when recorded, bucket), or remember it in pending-aborts.json, which the next upload
+    retries: parts left open are billed until aborted. False when neither worked."""
+    state = folder / "upload-state.json"
+    try:
+        upload = recorded_upload(state)
+        bucket = json.loads(state.read_text()).get("bucket") if upload else None
+    except (OSError, ValueError, AttributeError, TypeError):  # damaged: no UploadId to abort
+        upload = bucket = None
+    if not upload:
+        return True
+    bucket = bucket if isinstance(bucket, str) and bucket else settings.s3_bucket
+    problem = "S3 is not configured now"
+    if settings.s3_enabled and bucket:
+        try:
+            abort_upload(make_client(settings), bucket, *upload)
+            log.info("%s: multipart upload of %s aborted", site_name, upload[0])
+            return True
+        except Exception as exc:  # S3 down or refusing: a later upload retries the abort
+            problem = type(exc).__name__
+    try:  # in the configured bucket, or naming the one it was left in
+        remember_abort(pending_aborts(settings), *upload, bucket=bucket if bucket != settings.s3_bucket else None)
+    except OSError as exc:
+        log.warning("%s: could not abort the multipart upload of %s (%s) nor record it in %s (%s); "
+                    "%s stays until a later run can", site_name, upload[0], problem, pending_aborts(settings),
+                    exc.strerror, folder)
+        return False
+    log.warning("%s: could not abort the multipart upload of %s (%s); it is kept in %s and the next "
+                "upload aborts it", site_name, upload[0], problem, pending_aborts(settings))
+    return True
+
+
+def sweep_retired(settings: Settings, enabled: set[str]) -> None:
+    """At the start of `doit backup`: no run ever visits again the work folder of a site that
+    is no longer enabled (removed from sites.json, renamed or disabled while its run was
+    open), so clean it now: uploads aborted (or remembered) first, then dump, files part and
+    receipts removed; a complete archive stays in BACKUP_DIR. One bad folder stops nothing."""
+    if not settings.work_dir.is_dir():
+        return
+    for site_dir in sorted(settings.work_dir.iterdir()):
+        if site_dir.name in enabled or not _is_site_work(site_dir):
+            continue
+        try:
+            _sweep_site(settings, site_dir)
+        except Exception as exc:  # the enabled sites' backups matter more than this cleanup
+            log.warning("%s: could not clean %s: %s: %s", site_dir.name, site_dir, type(exc).__name__, exc)
+
+
+def _is_site_work(path: Path) -> bool:
+    """A site's run folder (run.json or stamp folders), not another tool's (verify's scratch)."""
+    if path.is_symlink() or not path.is_dir() or not SITE_NAME_RE.fullmatch(path.name):
+        return False
+    return (path / "run.json").exists() or any(runs.valid_stamp(p.name) for p in path.iterdir() if p.is_dir())
+
+
+def _sweep_site(settings: Settings, site_dir: Path) -> None:
+    name, kept = site_dir.name, False
+    state = runs.read_state(site_dir) or {}
+    stamps = {p.name for p in site_dir.iterdir() if p.is_dir()}
+    if not state.get("closed") and (named := runs.valid_stamp(state.get("stamp"))):
+        stamps.add(named)  # an open run whose folder is gone may still have left its archive
+    for stamp in sorted(stamps):
+        folder = site_dir / stamp
+        closed = _closed(name, folder)
+        if not closed:
+            _note(settings, name, stamp, f"site {name} is no longer enabled in {settings.sites_file} (removed, "
+                                         f"renamed or disabled): its unfinished run {stamp} is abandoned")
+        kept |= not discard_run(settings, name, folder, stamp, closed=closed)
+    if not kept:
+        shutil.rmtree(site_dir, ignore_errors=True)
+
+
+def _note(settings: Settings, site_name: str, stamp: str, message: str) -> None:
+    """An INFO line for a site that may have no run now (a retired site's leftovers)."""
+    catalog.log_event(settings.db_path, "INFO", message, site=site_name, server_id=settings.server_id,
+                      stamp=stamp)
+    log.info("%s: %s", site_name, message)
 
 
 def archive_fingerprint(site: Site) -> str:
@@ -338,6 +456,7 @@ def compress_stage(settings: Settings, site: Site, run: Run) -> dict:
                  "sums": part_sums}).encode())
         receipt = run.write_receipt("compress", {"archive": target.name, "sha256": sha256, "size": size})
         _info(settings, site, run, f"archive {target.name} written: {human_bytes(size)}")
+        keep_local(settings, site, run, target.name)  # counting this archive, before its upload
         return receipt
     return guarded("compress", settings, site, run, work)
 
@@ -361,8 +480,70 @@ def written_sums(run: Run, made: dict, part_size: int, checksum: str) -> list[st
         return None
 
 
+_swept: set[tuple] = set()
+_sweep_lock = threading.Lock()
+
+
+def sweep_old_uploads(settings: Settings, client) -> None:
+    """Abort this server's multipart uploads older than STALE_RUN_HOURS that no open run will
+    resume: once per process and place, before its first upload (the other site's upload waits
+    on the lock, so nothing of this process is in flight yet). They are what runs leave that no
+    run cleans up: a site removed, renamed or disabled while its run was open, a damaged
+    run.json, a process killed while its run was starting. Only ``[S3_PREFIX/]SERVER_ID/`` is
+    looked at. Whatever goes wrong here is a warning: the backup itself goes on."""
+    prefix = server_prefix(settings.s3_prefix, settings.server_id)
+    where = f"s3://{settings.s3_bucket}/{prefix}"
+    with _sweep_lock:
+        if (settings.s3_endpoint_url, settings.s3_bucket, prefix, str(settings.work_dir)) in _swept:
+            return
+        _swept.add((settings.s3_endpoint_url, settings.s3_bucket, prefix, str(settings.work_dir)))
+        before = datetime.now(timezone.utc) - timedelta(hours=settings.stale_run_hours)
+        try:
+            swept = sweep_uploads(client, settings.s3_bucket, prefix, before, resumable_uploads(settings))
+        except Exception as exc:
+            log.warning("S3: could not sweep old multipart uploads under %s: %s", where,
+                        describe(exc, settings.s3_endpoint_url, settings.s3_bucket))
+            return
+    if swept.denied:
+        log.warning("S3: cannot list the unfinished multipart uploads under %s (%s: the key lacks "
+                    "s3:ListBucketMultipartUploads), so old ones are not swept; a lifecycle rule that aborts "
+                    "incomplete uploads is the safety net (docs/s3-storage.md)", where, swept.denied)
+        return
+    if swept.aborted:
+        message = (f"aborted {swept.aborted} unfinished multipart uploads under {where} older than "
+                   f"STALE_RUN_HOURS={settings.stale_run_hours:g} that no open run resumes")
+        catalog.log_event(settings.db_path, "INFO", message, site=None, server_id=settings.server_id)
+        log.info("S3: %s", message)
+    if swept.failed:
+        log.warning("S3: could not abort %d old multipart uploads under %s (first: %s); the next backup "
+                    "tries again", len(swept.failed), where, swept.failed[0])
+
+
+def resumable_uploads(settings: Settings) -> set[str]:
+    """UploadIds an open run of this server still resumes: named by the upload-state.json of a
+    site's current run (run.json open, naming that folder) younger than STALE_RUN_HOURS, the
+    runs `runs.plan_run` would resume rather than abandon."""
+    keep = set()
+    oldest = datetime.now(timezone.utc) - timedelta(hours=settings.stale_run_hours)
+    for state_path in settings.work_dir.glob("*/*/upload-state.json"):
+        folder = state_path.parent
+        state = runs.read_state(folder.parent)
+        if not isinstance(state, dict) or state.get("closed") or state.get("stamp") != folder.name:
+            continue
+        try:
+            if runs.parse_stamp(folder.name) <= oldest:
+                continue
+        except ValueError:
+            continue
+        upload = recorded_upload(state_path)
+        if upload:
+            keep.add(upload[1])
+    return keep
+
+
 def upload_stage(settings: Settings, site: Site, run: Run) -> dict:
-    """Upload the archive to S3 and verify it (local-only mode: say so and move on)."""
+    """Upload the archive to S3 and verify it (local-only mode: say so and move on). The first
+    upload of a process sweeps this server's old multipart uploads first."""
     def work() -> dict:
         done = run.receipt("upload")
         if done:
@@ -387,6 +568,7 @@ def upload_stage(settings: Settings, site: Site, run: Run) -> dict:
         progress = Progress(f"{site.name} upload", made["size"])
         try:
             client = make_client(settings)
+            sweep_old_uploads(settings, client)
             retry_aborts(client, settings.s3_bucket, pending_aborts(settings))
             result = upload_archive(
                 client, settings.s3_bucket, key, path, made["sha256"],
@@ -398,6 +580,8 @@ def upload_stage(settings: Settings, site: Site, run: Run) -> dict:
             raise
         except Exception as exc:
             raise describe(exc, settings.s3_endpoint_url, settings.s3_bucket) from None
+        if result.moved:
+            _info(settings, site, run, result.moved)
         uploaded_at = catalog.now_utc()
         receipt = run.write_receipt("upload", {
             "key": result.key, "bucket": settings.s3_bucket, "endpoint": settings.s3_endpoint_url,
@@ -415,32 +599,72 @@ def upload_stage(settings: Settings, site: Site, run: Run) -> dict:
     return guarded("upload", settings, site, run, work)
 
 
-def local_excess(settings: Settings, site_name: str) -> list[str]:
-    """Local archives of a site beyond the newest LOCAL_KEEP that may go: those with a
-    verified S3 copy that no later `verify --remote` found damaged (in local-only mode,
-    LOCAL_KEEP is the retention itself)."""
+def local_archives(settings: Settings, site_name: str) -> list[str]:
+    """A site's archives in BACKUP_DIR, oldest first (names sort by their UTC stamps)."""
     pattern = re.compile(re.escape(site_name) + r"-backup-\d{8}-\d{6}\.tar\.zst")
-    names = sorted(p.name for p in settings.backup_dir.glob(f"{site_name}-backup-*.tar.zst")
-                   if pattern.fullmatch(p.name))
-    excess = names[:-settings.local_keep]
+    return sorted(p.name for p in settings.backup_dir.glob(f"{site_name}-backup-*.tar.zst")
+                  if pattern.fullmatch(p.name))
+
+
+def waiting_uploads(settings: Settings, site_name: str) -> list[str]:
+    """Local archives of a site that never reached S3 (no s3_archives row), in S3 mode: the
+    open run's archive until its upload succeeds, and those of runs abandoned meanwhile."""
     if not settings.s3_enabled:
-        return excess
-    safe = (catalog.uploaded_archives(settings.db_path, settings.server_id, site_name)
-            - catalog.failed_s3_verifications(settings.db_path, settings.server_id, site_name))  # the only good copy?
-    return [name for name in excess if name in safe]
+        return []
+    sent = catalog.archived_names(settings.db_path, settings.server_id, site_name)
+    return [name for name in local_archives(settings, site_name) if name not in sent]
 
 
-def remove_local(settings: Settings, names: list[str]) -> None:
+def local_excess(settings: Settings, site_name: str) -> list[str]:
+    """Local archives of a site beyond the newest LOCAL_KEEP, oldest first, that may go.
+
+    Every local archive counts, uploaded or not: a week of S3 outage must not leave a week of
+    full archives on the disk (the newest LOCAL_KEEP stay, so the newest always does). The one
+    exception is an archive whose S3 copy failed the latest `verify --remote`: the local one may
+    be the only good copy, so it stays beyond LOCAL_KEEP."""
+    excess = local_archives(settings, site_name)[:-settings.local_keep]
+    if not excess:
+        return []
+    damaged = catalog.failed_s3_verifications(settings.db_path, settings.server_id, site_name)
+    return [name for name in excess if name not in damaged]
+
+
+def remove_local(settings: Settings, names: list[str]) -> list[str]:
+    """Delete archives (and their .sha256) from BACKUP_DIR; returns the names now gone. One
+    that cannot be deleted is warned about and left: the next LOCAL_KEEP tries again."""
+    removed = []
     for name in names:
-        for path in (settings.backup_dir / name, settings.backup_dir / f"{name}.sha256"):
-            path.unlink(missing_ok=True)
+        try:
+            for path in (settings.backup_dir / name, settings.backup_dir / f"{name}.sha256"):
+                path.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("could not remove %s from %s: %s", name, settings.backup_dir, exc.strerror)
+        else:
+            removed.append(name)
+    return removed
 
 
 def apply_local_keep(settings: Settings, site: Site, current: str) -> list[str]:
-    """Apply LOCAL_KEEP after a verified backup (never removing ``current``)."""
-    removed = [name for name in local_excess(settings, site.name) if name != current]
-    remove_local(settings, removed)
-    return removed
+    """Apply LOCAL_KEEP to a site's local archives (never removing ``current``, this run's)."""
+    return remove_local(settings, [name for name in local_excess(settings, site.name) if name != current])
+
+
+def keep_local(settings: Settings, site: Site, run: Run, current: str) -> None:
+    """LOCAL_KEEP right after a new archive is written, and how many local archives still wait
+    for their upload: the catalog stage, which also applies it, never runs while S3 is down."""
+    never_sent = set(waiting_uploads(settings, site.name))
+    removed = apply_local_keep(settings, site, current)
+    lost = [name for name in removed if name in never_sent]
+    if lost:
+        log.warning("%s: LOCAL_KEEP removes %d archives that were never uploaded", site.name, len(lost))
+    if removed:
+        unsent = f" ({len(lost)} of them never uploaded)" if lost else ""
+        _info(settings, site, run, f"LOCAL_KEEP={settings.local_keep}: removed {len(removed)} older local "
+                                   f"archives{unsent}: {', '.join(removed)}")
+    if older := [name for name in waiting_uploads(settings, site.name) if name != current]:
+        _info(settings, site, run, f"{len(older) + 1} local archives are waiting for their upload (this one "
+                                   f"and {len(older)} older whose upload never succeeded: {', '.join(older)}); "
+                                   f"LOCAL_KEEP={settings.local_keep} bounds how many stay")
 
 
 def catalog_stage(settings: Settings, site: Site, run: Run) -> dict:
