@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -201,3 +203,39 @@ def dumped_and_tarred(install: Install, name: str):
     steps.dump_stage(settings, site, run)
     steps.tar_stage(settings, site, run)
     return settings, site, run
+
+
+def wait_for(predicate, proc: subprocess.Popen, timeout: float = 90) -> None:
+    """Poll until ``predicate()`` holds (an event the test waits for, not a duration); fail if
+    the process ended first. ``timeout`` only stops a hung test."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc.poll() is not None:
+            raise AssertionError(f"doit ended early ({proc.returncode}):\n{proc.stdout.read()}")
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for the run to reach the point to kill it")
+        time.sleep(0.02)
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """kill -9 the process and everything it started (it runs in a session of its own)."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+STALLING_DUMP = """#!/bin/sh
+# Test double around the real mariadb-dump: passes its first bytes, then stalls.
+case "$1" in --version) exec {real} "$@";; esac
+{real} "$@" | {{ dd bs=2000 count=1 2>/dev/null; touch {marker}; sleep 120; cat; }}
+"""
+
+
+def stalling_dump(tmp_path: Path) -> tuple[Path, Path]:
+    """A bin folder whose mariadb-dump stalls; the marker file appears once it started."""
+    real = subprocess.run(["sh", "-c", "command -v mariadb-dump"], capture_output=True, text=True).stdout.strip()
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    marker = tmp_path / "dump-started"
+    (bindir / "mariadb-dump").write_text(STALLING_DUMP.format(real=real, marker=marker))
+    (bindir / "mariadb-dump").chmod(0o755)
+    return bindir, marker

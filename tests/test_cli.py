@@ -3,15 +3,13 @@ local-only mode, `doit status` and `doit list`."""
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import subprocess
-import time
 
 import pytest
 
-from .conftest import make_site
+from .conftest import kill_group, make_site, stalling_dump, wait_for
 from .servers import IS_ROOT
 
 
@@ -245,21 +243,24 @@ def test_s3_problems_are_reported_and_nothing_recorded(install, wordpress, s3, c
     assert len(install.archives()) == 1  # kept locally for the next run to upload
 
 
-def test_second_backup_while_one_runs_exits_at_once(install, wordpress):
+def test_second_backup_while_one_runs_exits_at_once(install, wordpress, tmp_path):
+    """A real backup holds the lock while its dump stalls; a second one exits 4 naming it,
+    changes nothing, and read-only commands still work."""
+    bindir, started = stalling_dump(tmp_path)
     install.add_site("blog", wordpress)
-    install.write()
-    with open(install.root / ".wpbackup.lock", "w") as held:
-        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        held.write("pid 12345, started 2026-11-25T03:00:00+00:00\n")
-        held.flush()
-        started = time.monotonic()
-        result = install.doit("backup")
-        assert time.monotonic() - started < 10
-        assert result.returncode != 0
-        assert "already in progress (pid 12345" in result.stderr
-        assert install.doit("status").returncode != 0  # read-only commands still work
-        assert "NO BACKUP" in install.doit("status").stdout
-    assert not install.backup_dir.exists()
+    first = install.start("backup", env={"PATH": f"{bindir}:{os.environ['PATH']}"})
+    try:
+        wait_for(started.exists, first)
+        work = sorted((install.backup_dir / ".work" / "blog").iterdir())
+        second = install.doit("backup", timeout=120)
+        assert second.returncode == 4, second.stdout + second.stderr
+        assert f"already in progress (pid {first.pid}" in second.stderr
+        assert sorted((install.backup_dir / ".work" / "blog").iterdir()) == work
+        status = install.doit("status")
+        assert status.returncode != 0 and "NO BACKUP" in status.stdout  # read-only commands still work
+    finally:
+        kill_group(first)
+    assert install.archives() == []
     assert install.doit("backup").returncode == 0
 
 
