@@ -1,7 +1,7 @@
 """`restore`, `verify`: bring a backup back, and prove that one could.
 
     doit restore --site S [--archive NAME|latest] [--target DIR] [--database NAME]
-                 [--db-only | --files-only] [--force]
+                 [--db-only | --files-only] [--force] [--admin]
     doit verify [--site S] [--all] [--remote] [--restore-test]
 """
 
@@ -14,7 +14,7 @@ from doit.exceptions import TaskFailed
 from wpbackup import catalog
 from wpbackup.console import log
 from wpbackup.errors import BackupError
-from wpbackup.restore import Request, restore
+from wpbackup.restore import Request, finish_before_exit, restore
 from wpbackup.s3 import describe, make_client
 from wpbackup.verify import ArchiveCheck, check_local, check_remote, restore_test
 
@@ -38,33 +38,54 @@ def _record(status: str, site: str | None, message: str, archive_name: str | Non
         log.error("could not record in the catalog: %s", exc)
 
 
-def restore_action(site, archive, target, database, db_only, files_only, force):
-    """Restore one site's archive (files, database or both)."""
+def restore_action(site, archive, target, database, db_only, files_only, force, admin=False):
+    """Restore one site's archive (files, database or both). On SIGTERM the process waits
+    until the restore has put everything back and this has reported it."""
+    with finish_before_exit():
+        return _restore_and_report(site, archive, target, database, db_only, files_only, force, admin)
+
+
+def _restore_and_report(site, archive, target, database, db_only, files_only, force, admin):
     try:
         chosen = _site(site)
         if db_only and files_only:
             raise BackupError("--db-only and --files-only exclude each other")
         summary = restore(CONTEXT.settings, Request(
             site=chosen, archive=archive or None, target=Path(target) if target else None,
-            database=database or None, files=not db_only, db=not files_only, force=force))
+            database=database or None, files=not db_only, db=not files_only, force=force, admin=admin))
     except BackupError as exc:
         _record("ERROR", site or None, f"restore failed: {exc}")
         log.error("restore failed: %s", exc)
         return TaskFailed(f"restore failed: {exc}")
+    message = restored_line(summary)
+    _record("INFO", chosen.name, message)
+    print(message)
+    return True
+
+
+HOW_LOADED = {"scratch": "loaded into a scratch database, then renamed into place",
+              "aside": "the replaced tables kept aside in the database until the files were in place",
+              "new": "a new database"}
+
+
+def restored_line(summary: dict) -> str:
+    """The one line an operator reads after a restore (and the catalog keeps)."""
     parts = []
     if summary["target"]:
-        parts.append(f"{summary['files']} files into {summary['target']}")
+        into = " (a mount point: its contents replaced)" if summary.get("contents_replaced") else ""
+        parts.append(f"{summary['files']} files into {summary['target']}{into}")
     if summary["database"]:
-        parts.append(f"database {summary['database']} ({summary['tables']} tables)")
+        how = HOW_LOADED.get(summary.get("database_path") or "", "")
+        parts.append(f"database {summary['database']} ({summary['tables']} tables{'; ' + how if how else ''})")
     message = (f"restored {summary['archive']} ({summary['size']}, from {summary['from']}): "
                f"{' and '.join(parts)} in {summary['seconds']}s")
     if summary.get("setid_cleared"):
         message += f"; set-user/group-ID bits cleared on {summary['setid_cleared']} file(s)"
-    if summary["dropped_tables"]:
-        message += f"; dropped tables not in the backup: {', '.join(summary['dropped_tables'])}"
-    _record("INFO", chosen.name, message)
-    print(message)
-    return True
+    kept = summary.get("kept_tables") or []
+    if kept:
+        shown = ", ".join(kept[:10]) + (f" and {len(kept) - 10} more" if len(kept) > 10 else "")
+        message += f"; kept {len(kept)} table(s) the archive does not hold: {shown}"
+    return message
 
 
 def verify_action(site, all_, remote, restore_test_):
@@ -145,6 +166,7 @@ def task_restore():
             _flag("db_only", "restore only the database"),
             _flag("files_only", "restore only the files"),
             _flag("force", "replace a non-empty folder or database"),
+            _flag("admin", "as root on the database server: load as the server's root over its socket"),
         ],
         "uptodate": [False],
         "verbosity": 2,

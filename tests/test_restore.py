@@ -35,6 +35,7 @@ def own_wordpress(mariadb, tmp_path):
 
 
 def _backup(install, site: WordPress, s3=None) -> None:
+    site.read()  # WordPress's first page load writes options (widgets, cron): done before the dump
     if s3 is not None:
         install.use_s3(s3)
     install.add_site("blog", site)
@@ -272,3 +273,412 @@ def test_set_id_bits_are_cleared_on_restored_files_but_folders_keep_theirs(insta
     assert stat.S_IMODE((uploads / "tool.sh").stat().st_mode) == 0o750
     if os.geteuid() == 0:  # only root restores archived modes as they are
         assert stat.S_IMODE((uploads / "shared").stat().st_mode) == 0o2775
+
+
+# --- a restore that cannot half-succeed ---------------------------------------------------------
+
+def _rows(mariadb, sql: str, database: str | None = None) -> list[list[str]]:
+    return [line.split("\t") for line in mariadb.sql(sql, database).splitlines() if line]
+
+
+def _db_state(mariadb, name: str) -> dict:
+    """Everything of a database a restore could change: tables and views with a checksum of
+    their rows, triggers, views' and routines' definitions, events."""
+    s = f"'{name}'"
+    tables = dict(_rows(mariadb, f"SELECT TABLE_NAME, TABLE_TYPE FROM information_schema.TABLES "
+                                 f"WHERE TABLE_SCHEMA = {s}"))
+    base = [t for t, kind in tables.items() if kind != "VIEW"]
+    sums = dict(_rows(mariadb, "CHECKSUM TABLE " + ", ".join(f"`{name}`.`{t}`" for t in base))) if base else {}
+    return {
+        "tables": {t: (kind, sums.get(f"{name}.{t}")) for t, kind in tables.items()},
+        "triggers": _rows(mariadb, "SELECT TRIGGER_NAME, EVENT_OBJECT_TABLE, ACTION_STATEMENT FROM "
+                                   f"information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = {s} ORDER BY 1"),
+        "views": _rows(mariadb, f"SELECT TABLE_NAME, VIEW_DEFINITION FROM information_schema.VIEWS "
+                                f"WHERE TABLE_SCHEMA = {s} ORDER BY 1"),
+        "routines": _rows(mariadb, "SELECT ROUTINE_TYPE, ROUTINE_NAME, ROUTINE_DEFINITION FROM "
+                                   f"information_schema.ROUTINES WHERE ROUTINE_SCHEMA = {s} ORDER BY 2"),
+        "events": _rows(mariadb, f"SELECT EVENT_NAME, EVENT_DEFINITION FROM information_schema.EVENTS "
+                                 f"WHERE EVENT_SCHEMA = {s} ORDER BY 1"),
+    }
+
+
+def _tree(root) -> dict:
+    """Every entry below ``root``: files (their sha256), link targets, folders."""
+    import hashlib
+
+    found = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        if path.is_symlink():
+            found[rel] = ("link", os.readlink(path))
+        elif path.is_dir():
+            found[rel] = ("dir",)
+        else:
+            found[rel] = ("file", hashlib.sha256(path.read_bytes()).hexdigest())
+    return found
+
+
+def _leftovers(mariadb, *folders) -> list[str]:
+    """What a restore may have left of its own: scratch databases, set-aside tables,
+    temporary or old folders."""
+    found = [r[0] for r in _rows(mariadb, "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA "
+                                          "WHERE SCHEMA_NAME LIKE '%\\_wpb\\_%'")]
+    found += [".".join(r) for r in _rows(mariadb, "SELECT TABLE_SCHEMA, TABLE_NAME FROM information_schema.TABLES "
+                                                  "WHERE TABLE_NAME LIKE 'wpb\\_old\\_%'")]
+    for folder in folders:
+        for pattern in (".wpbackup-*", ".*.restore-*", ".*.old-*", ".wp-config.php.restore-*"):
+            found += [str(p) for p in folder.glob(pattern)]
+    return found
+
+
+def _snapshot(mariadb, site: WordPress) -> dict:
+    return {"wordpress": site.read(), "db": _db_state(mariadb, site.db_name), "files": _tree(site.path)}
+
+
+def _allow_scratch(mariadb, site: WordPress) -> None:
+    """Let the site's user create the scratch databases (`NAME_wpb_*`)."""
+    mariadb.sql(f"GRANT ALL ON `{site.db_name}\\_wpb\\_%`.* TO '{site.db_user}'@'127.0.0.1'")
+
+
+PATHS = {"scratch": "loaded into a scratch database, then renamed into place",
+         "aside": "the replaced tables kept aside in the database until the files were in place"}
+
+
+def _change_live_site(mariadb, site: WordPress) -> None:
+    """After the backup: what a restore must undo (or, when it fails, keep)."""
+    mariadb.sql("UPDATE wp_options SET option_value = 'http://changed.test' WHERE option_name = 'siteurl'; "
+                "UPDATE wp_posts SET post_title = 'Changed after the backup' WHERE post_title = 'Third post'",
+                database=site.db_name)
+    site.upload.write_bytes(b"changed after the backup")
+    (site.path / "wp-content" / "uploads" / "new-after-backup.txt").write_text("new")
+
+
+def _repack(install, archive, edit_sql) -> str:
+    """The archive again with database.sql changed by ``edit_sql``, its manifest and checksum
+    made consistent, as the newest success in the catalog; returns its name."""
+    import hashlib
+
+    work = archive.parent / "repack"
+    work.mkdir()
+    subprocess.run(["tar", "--zstd", "-xf", str(archive)], cwd=work, check=True)
+    sql = edit_sql((work / "database.sql").read_bytes())
+    (work / "database.sql").write_bytes(sql)
+    manifest = json.loads((work / "manifest.json").read_text())
+    manifest["database"].update(sha256=hashlib.sha256(sql).hexdigest(), bytes=len(sql))
+    (work / "manifest.json").write_text(json.dumps(manifest))
+    name = "blog-backup-20990101-000000.tar.zst"
+    members = [m for m in ("wp-config.php", "wp-content", "database.sql", "manifest.json") if (work / m).exists()]
+    subprocess.run(["tar", "--zstd", "-cf", str(install.backup_dir / name), *members], cwd=work, check=True)
+    shutil.rmtree(work)
+    data = (install.backup_dir / name).read_bytes()
+    sha256 = hashlib.sha256(data).hexdigest()
+    (install.backup_dir / f"{name}.sha256").write_text(f"{sha256}  {name}\n")
+    catalog.log_event(install.db_path, "SUCCESS", "repacked", site="blog", server_id="web-1",
+                      stamp="20990101-000000", archive_name=name, archive_sha256=sha256, archive_size=len(data))
+    return name
+
+
+def _broken_near_its_end(sql: bytes) -> bytes:
+    """Every table loaded, then a statement the server refuses."""
+    end = sql.rindex(b"/*!40103 SET TIME_ZONE=@OLD_TIME_ZONE */;")
+    return sql[:end] + b"INSERT INTO wp_options VALUES (this is not sql);\n" + sql[end:]
+
+
+@pytest.mark.parametrize("path", ["scratch", "aside"])
+def test_a_load_failing_near_its_end_leaves_database_and_files_as_they_were(install, own_wordpress, mariadb, path):
+    site = own_wordpress
+    if path == "scratch":
+        _allow_scratch(mariadb, site)
+    _backup(install, site)
+    [archive] = install.archives()
+    _repack(install, archive, _broken_near_its_end)
+    _change_live_site(mariadb, site)
+    before = _snapshot(mariadb, site)
+    assert before["wordpress"]["siteurl"] == "http://changed.test"
+
+    result = install.doit("restore", "--site", "blog", "--force")
+    assert result.returncode != 0
+    assert "load database.sql failed" in _out(result) and "ERROR 1064" in _out(result)
+    if path == "aside":  # the dump ran in the live database, so there was something to undo
+        assert "put back as they were" in _out(result)
+    assert _snapshot(mariadb, site) == before
+    assert _leftovers(mariadb, site.path, site.path.parent, site.path / "wp-content") == []
+
+
+class TableHold:
+    """A transaction that has read wp_options: RENAME TABLE waits until it ends."""
+
+    def __init__(self, mariadb, database: str):
+        self.proc = subprocess.Popen(
+            ["mariadb", "--no-defaults", f"--socket={mariadb.socket}", "-uroot", "--batch", "--skip-column-names",
+             "--unbuffered", database], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.proc.stdin.write("START TRANSACTION;\nSELECT COUNT(*) FROM wp_options;\n")
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline().strip().isdigit()  # the lock is held
+
+    def release(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.write("COMMIT;\n")
+            self.proc.stdin.close()
+            self.proc.wait(timeout=30)
+
+
+def _wait_for_waiting_rename(mariadb, restore) -> None:
+    """Until the restore's RENAME TABLE waits for the held lock (files and scratch ready)."""
+    import time
+
+    deadline = time.monotonic() + 120
+    while not _rows(mariadb, "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE 'RENAME TABLE%' "
+                             "AND STATE LIKE 'Waiting for table metadata lock%'"):
+        assert restore.poll() is None, restore.stdout.read()
+        assert time.monotonic() < deadline, "the restore never reached its RENAME TABLE"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("path", ["scratch", "aside"])
+def test_a_files_swap_failing_after_the_tables_moved_puts_the_database_back(install, own_wordpress, mariadb,
+                                                                            path):
+    """The files swap fails for real: wp-content becomes immutable (chattr +i, which stops
+    even root from renaming it) while the restore waits in its RENAME TABLE."""
+    site = own_wordpress
+    if path == "scratch":
+        _allow_scratch(mariadb, site)
+    _backup(install, site)
+    _change_live_site(mariadb, site)
+    before = _snapshot(mariadb, site)
+    content = site.path / "wp-content"
+    hold = TableHold(mariadb, site.db_name)
+    restore = install.start("restore", "--site", "blog", "--force")
+    try:
+        _wait_for_waiting_rename(mariadb, restore)
+        subprocess.run(["chattr", "+i", str(content)], check=True)
+        hold.release()
+        output = restore.communicate(timeout=300)[0]
+    finally:
+        subprocess.run(["chattr", "-i", str(content)], check=True)
+        hold.release()
+        if restore.poll() is None:
+            restore.kill()
+            restore.wait()
+    assert restore.returncode != 0
+    assert "cannot swap the restored files into place" in output and "Operation not permitted" in output
+    assert "put back as they were" in output
+    assert _snapshot(mariadb, site) == before
+    assert _leftovers(mariadb, site.path, site.path.parent, content) == []
+
+
+def test_sigterm_while_the_tables_wait_to_move_changes_nothing(install, own_wordpress, mariadb):
+    import signal
+
+    site = own_wordpress
+    _allow_scratch(mariadb, site)
+    _backup(install, site)
+    _change_live_site(mariadb, site)
+    before = _snapshot(mariadb, site)
+    hold = TableHold(mariadb, site.db_name)
+    restore = install.start("restore", "--site", "blog", "--force")
+    try:
+        _wait_for_waiting_rename(mariadb, restore)
+        restore.send_signal(signal.SIGTERM)
+        output = restore.communicate(timeout=120)[0]
+    finally:
+        if restore.poll() is None:
+            restore.kill()
+            restore.wait()
+        hold.release()  # only now: a RENAME left waiting in the server would run here
+    assert restore.returncode != 0
+    assert "stopped by a signal" in output
+    assert not _rows(mariadb, "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE 'RENAME TABLE%'")
+    assert _snapshot(mariadb, site) == before
+    assert _leftovers(mariadb, site.path, site.path.parent, site.path / "wp-content") == []
+
+
+@pytest.mark.parametrize("mode", ["wp-content", "all"])
+def test_a_mount_point_gets_its_contents_replaced(install, wordpress, tmp_path, mode):
+    """A folder that is a mount point (here a bind mount) cannot be renamed: what is in it is
+    replaced, and it stays mounted."""
+    if os.geteuid() != 0:
+        pytest.skip("bind mounts need root")
+    root = make_site(tmp_path, wordpress)
+    (root / "wp-content" / "uploads" / "keep.txt").write_text("archived")
+    install.sites.append({"name": "blog", "path": str(root), "files": mode})
+    assert install.doit("backup").returncode == 0
+    folder = root if mode == "all" else root / "wp-content"
+    archived = _tree(folder)
+    backing = tmp_path / "backing"
+    shutil.copytree(folder, backing, symlinks=True)
+    subprocess.run(["mount", "--bind", str(backing), str(folder)], check=True)
+    try:
+        (folder / "wp-content" if mode == "all" else folder).joinpath("stray.txt").write_text("after the backup")
+        shutil.rmtree(folder / ("wp-content/uploads" if mode == "all" else "uploads") / "2026")
+        result = install.doit("restore", "--site", "blog", "--files-only", "--force")
+        assert result.returncode == 0, _out(result)
+        assert "a mount point: its contents replaced" in _out(result)
+        assert str(folder) in open("/proc/self/mountinfo").read()  # still mounted
+        assert _tree(folder) == archived
+        assert _tree(backing) == archived  # the mounted filesystem holds the restored files
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+    assert not list(tmp_path.glob(".*.restore-*"))
+
+
+def _definer(site: WordPress) -> str:
+    return f"DEFINER='{site.db_user}'@'127.0.0.1'"
+
+
+def _add_database_objects(mariadb, site: WordPress) -> None:
+    """A trigger on wp_posts, a view, a view of that view, a procedure (as the site's user)."""
+    who = _definer(site)
+    mariadb.sql(
+        "CREATE TABLE wp_audit (post_id BIGINT, title TEXT); "
+        f"CREATE {who} TRIGGER wp_posts_audit AFTER INSERT ON wp_posts FOR EACH ROW "
+        "INSERT INTO wp_audit VALUES (NEW.ID, NEW.post_title); "
+        f"CREATE {who} VIEW wp_published AS SELECT ID, post_title FROM wp_posts "
+        "WHERE post_status = 'publish' AND post_type = 'post'; "
+        f"CREATE {who} VIEW wp_published_titles AS SELECT post_title FROM wp_published; "
+        f"CREATE {who} PROCEDURE wp_count_published() SELECT COUNT(*) FROM wp_published;", database=site.db_name)
+
+
+@pytest.mark.parametrize("path", ["scratch", "aside"])
+def test_triggers_views_and_routines_come_back_working(install, own_wordpress, mariadb, path):
+    site = own_wordpress
+    if path == "scratch":
+        _allow_scratch(mariadb, site)
+    _add_database_objects(mariadb, site)
+    _backup(install, site)
+    archived = _snapshot(mariadb, site)
+    who = _definer(site)
+    mariadb.sql("DROP TRIGGER wp_posts_audit; DROP VIEW wp_published_titles; "
+                f"CREATE OR REPLACE {who} VIEW wp_published AS SELECT ID, post_title FROM wp_posts; "
+                f"DROP PROCEDURE wp_count_published; CREATE {who} PROCEDURE wp_count_published() SELECT 0;",
+                database=site.db_name)
+    _change_live_site(mariadb, site)
+
+    result = install.doit("restore", "--site", "blog", "--force")
+    assert result.returncode == 0, _out(result)
+    assert PATHS[path] in _out(result)
+    assert _snapshot(mariadb, site) == archived
+    definitions = mariadb.sql(f"SHOW CREATE VIEW {site.db_name}.wp_published; "
+                              f"SHOW CREATE VIEW {site.db_name}.wp_published_titles")
+    assert f"`{site.db_name}`.`wp_posts`" in definitions and "_wpb_" not in definitions
+    published = mariadb.sql("SELECT COUNT(*) FROM wp_posts WHERE post_status = 'publish' AND post_type = 'post'",
+                            database=site.db_name).strip()
+    assert int(published) >= 4  # Hello world! and the three test posts
+    assert mariadb.sql("SELECT COUNT(*) FROM wp_published_titles", database=site.db_name).strip() == published
+    assert mariadb.sql("CALL wp_count_published()", database=site.db_name).strip() == published
+    mariadb.sql("INSERT INTO wp_posts (post_title, post_content, post_excerpt, to_ping, pinged, "
+                "post_content_filtered) VALUES ('fires the trigger', '', '', '', '', '')", database=site.db_name)
+    assert "fires the trigger" in mariadb.sql("SELECT title FROM wp_audit", database=site.db_name)
+    assert _leftovers(mariadb, site.path, site.path.parent, site.path / "wp-content") == []
+
+
+def _add_another_install(mariadb, site: WordPress) -> dict:
+    """A shop (prefix wp_shop_) and a table of no install, added after the blog's backup."""
+    mariadb.sql(
+        "CREATE TABLE wp_shop_options (option_id INT AUTO_INCREMENT PRIMARY KEY, option_name VARCHAR(191), "
+        "option_value LONGTEXT); INSERT INTO wp_shop_options (option_name, option_value) "
+        "VALUES ('siteurl', 'http://shop.test'); "
+        "CREATE TABLE wp_shop_orders (id INT PRIMARY KEY, total INT); "
+        "INSERT INTO wp_shop_orders VALUES (1, 10), (2, 20), (3, 30); "
+        "CREATE TABLE inventory (sku VARCHAR(20) PRIMARY KEY, stock INT); "
+        "INSERT INTO inventory VALUES ('a', 1), ('b', 2);", database=site.db_name)
+    state = _db_state(mariadb, site.db_name)
+    return {t: state["tables"][t] for t in ("wp_shop_options", "wp_shop_orders", "inventory")}
+
+
+@pytest.mark.parametrize("path", ["scratch", "aside"])
+def test_force_into_a_shared_database_leaves_the_other_installs_tables_alone(install, own_wordpress, mariadb,
+                                                                            path):
+    site = own_wordpress
+    if path == "scratch":
+        _allow_scratch(mariadb, site)
+    _backup(install, site)
+    wordpress_before = site.read()
+    others = _add_another_install(mariadb, site)
+    _change_live_site(mariadb, site)
+
+    result = install.doit("restore", "--site", "blog", "--force", "--db-only")
+    assert result.returncode == 0, _out(result)
+    assert "kept 3 table(s) the archive does not hold: inventory, wp_shop_options, wp_shop_orders" in _out(result)
+    after = _db_state(mariadb, site.db_name)
+    assert {t: after["tables"][t] for t in others} == others
+    assert site.read() == wordpress_before
+    assert _leftovers(mariadb) == []
+
+
+def test_the_sites_own_user_without_create_database_restores_through_tables_kept_aside(install, own_wordpress,
+                                                                                      mariadb):
+    """WordPress's usual user: all rights on its own database, none to create another."""
+    site = own_wordpress
+    grants = mariadb.sql(f"SHOW GRANTS FOR '{site.db_user}'@'127.0.0.1'")
+    assert "ON *.*" not in grants.replace("GRANT USAGE ON *.*", "")  # no global CREATE
+    _backup(install, site)
+    archived = _snapshot(mariadb, site)
+    _change_live_site(mariadb, site)
+    result = install.doit("restore", "--site", "blog", "--force")
+    assert result.returncode == 0, _out(result)
+    assert "may not create databases" in _out(result) and PATHS["aside"] in _out(result)
+    assert _snapshot(mariadb, site) == archived
+    assert _leftovers(mariadb, site.path, site.path.parent, site.path / "wp-content") == []
+
+
+@pytest.mark.parametrize("exists", [True, False])
+def test_a_database_the_user_may_not_use_gets_a_message_saying_so_and_what_to_run(install, own_wordpress,
+                                                                                 mariadb, exists):
+    site = own_wordpress
+    _backup(install, site)
+    other = f"{site.db_name}_other"
+    if exists:
+        mariadb.sql(f"CREATE DATABASE {other}; CREATE TABLE {other}.precious (id INT); "
+                    f"INSERT INTO {other}.precious VALUES (7)")
+    try:
+        before = _db_state(mariadb, other) if exists else None
+        result = install.doit("restore", "--site", "blog", "--db-only", "--force", "--database", other)
+        output = _out(result)
+        assert result.returncode != 0
+        assert f"user '{site.db_user}'@'127.0.0.1' may not use database `{other}`" in output
+        assert f"GRANT ALL ON `{other.replace('_', chr(92) + '_')}`.* TO '{site.db_user}'@'127.0.0.1'" in output
+        assert "--admin" in output and "wrong password" not in output and "Traceback" not in output
+        if exists:
+            assert _db_state(mariadb, other) == before
+        else:
+            assert not _rows(mariadb, f"SHOW DATABASES LIKE '{other}'")
+    finally:
+        mariadb.sql(f"DROP DATABASE IF EXISTS {other}")
+
+
+def test_admin_loads_as_the_servers_root_over_its_socket(install, own_wordpress, mariadb):
+    site = own_wordpress
+    _add_database_objects(mariadb, site)
+    _backup(install, site)
+    archived = _snapshot(mariadb, site)
+    _change_live_site(mariadb, site)
+    result = install.doit("restore", "--site", "blog", "--force", "--admin", env={"MYSQL_UNIX_PORT": mariadb.socket})
+    assert result.returncode == 0, _out(result)
+    assert PATHS["scratch"] in _out(result)  # root may create the scratch databases
+    assert _snapshot(mariadb, site) == archived
+    assert _leftovers(mariadb, site.path, site.path.parent, site.path / "wp-content") == []
+
+
+def test_admin_is_refused_clearly_when_not_root_or_for_another_machines_database(tmp_path):
+    from wpbackup.dblogin import admin_login
+    from wpbackup.errors import BackupError
+    from wpbackup.sites import DbSettings
+    from wpbackup.wpconfig import DbHost
+
+    remote = DbSettings("blog", "wp", "secret", DbHost("db.example.test", 3306))
+    with pytest.raises(BackupError, match="the site's database is on db.example.test:3306"):
+        admin_login(remote)
+    if os.geteuid() != 0:
+        pytest.skip("the unprivileged half needs root to drop privileges")
+    probe = ("from wpbackup.dblogin import admin_login\nfrom wpbackup.sites import DbSettings\n"
+             "from wpbackup.wpconfig import DbHost\nfrom wpbackup.errors import BackupError\n"
+             "try:\n    admin_login(DbSettings('blog', 'wp', 'secret', DbHost('localhost')))\n"
+             "except BackupError as exc:\n    print(exc)\n")
+    import sys
+
+    from .conftest import REPO
+
+    result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
+                             probe], capture_output=True, text=True, cwd=REPO)
+    assert "only root may do: run the restore as root" in result.stdout, result.stdout + result.stderr

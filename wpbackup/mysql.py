@@ -483,3 +483,114 @@ def summarize(reasons: dict[str, str], limit: int = 10) -> str:
     shown = "; ".join(f"{name}: {why}" for name, why in list(reasons.items())[:limit])
     more = len(reasons) - limit
     return shown + (f"; and {more} more" if more > 0 else "")
+
+
+_BATCH_ESCAPES = {"n": "\n", "t": "\t", "0": "\0", "\\": "\\"}
+
+
+def unescape_batch(value: str) -> str:
+    """A value as the client's --batch output escapes it (newline, tab, NUL, backslash):
+    definitions of triggers and routines span lines, so --raw would break the rows apart."""
+    return re.sub(r"\\(.)", lambda m: _BATCH_ESCAPES.get(m.group(1), m.group(0)), value)
+
+
+class ServerError(BackupError):
+    """A statement the server refused, with its error number (1044: no privilege on a database)."""
+
+    def __init__(self, message: str, code: int | None):
+        super().__init__(message)
+        self.code = code
+
+
+class Session:
+    """One client connection kept open for a sequence of statements (a restore's swap).
+
+    Session settings (lock_wait_timeout, foreign_key_checks) hold across statements, bodies of
+    triggers and routines pass whole (a delimiter no definition uses), and a statement stuck
+    waiting for a lock can be interrupted from outside by its connection id. The client is not
+    ``tracked``: a SIGTERM must not cut a swap or its undo short; the caller decides when to
+    stop. The first error ends the session (the client stops there), so a caller that needs
+    to go on opens a new one."""
+
+    DELIMITER = "$$wpbackup$$"
+
+    def __init__(self, db: DbSettings, options: str, action: str = "change the database"):
+        self.db, self.options, self.action = db, options, action
+        argv = [client_binary(), f"--defaults-file={options}", "--batch", "--skip-column-names", "--unbuffered",
+                "--max-allowed-packet=1G", db.name]
+        # bytes, split on b"\n" only: a carriage return inside a definition must survive
+        self.proc = spawn(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.count = 0
+        self.connection_id = ""
+        self.proc.stdin.write(f"DELIMITER {self.DELIMITER}\n".encode())
+        self.connection_id = self.query("SELECT CONNECTION_ID()")[0][0]
+
+    def query(self, *statements: str, stop: threading.Event | None = None) -> list[list[str]]:
+        """Run the statements in order; every result row, values unescaped. When ``stop`` is
+        set while they run, the running statement is interrupted (KILL QUERY) and this
+        raises: for statements that may wait on a site's locks."""
+        self.count += 1
+        marker = f"wpbackup-done-{self.count}"
+        text = "".join(f"{s}\n{self.DELIMITER}\n" for s in statements) + f"SELECT '{marker}'\n{self.DELIMITER}\n"
+        done = threading.Event()
+        watcher = None
+        if stop is not None and self.connection_id:
+            watcher = threading.Thread(target=self._interrupt_on, args=(stop, done), daemon=True)
+            watcher.start()
+        rows: list[list[str]] = []
+        try:
+            self.proc.stdin.write(text.encode("utf-8", "surrogateescape"))
+            self.proc.stdin.flush()
+            while raw := self.proc.stdout.readline():
+                line = raw.decode("utf-8", "surrogateescape").removesuffix("\n")
+                if line == marker:
+                    return rows
+                rows.append([unescape_batch(v) for v in line.split("\t")])
+        except (BrokenPipeError, OSError):
+            pass  # the client stopped at an error: its stderr says which
+        finally:
+            done.set()
+            if watcher is not None:
+                watcher.join()
+        raise self._failure()
+
+    def _interrupt_on(self, stop: threading.Event, done: threading.Event) -> None:
+        while not done.wait(0.1):
+            if stop.is_set():
+                try:
+                    run_query(self.db, f"KILL QUERY {int(self.connection_id)}", self.options)
+                except BackupError:
+                    pass  # the statement may have ended meanwhile
+                return
+
+    def _failure(self) -> ServerError:
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        errors = self.proc.stderr.read().decode("utf-8", "replace")
+        self.proc.wait()
+        # the client echoes the failing statement around its ERROR line: keep the ERROR lines
+        lines = [line for line in errors.splitlines() if line.startswith("ERROR")] or errors.splitlines()[-1:]
+        code = re.match(r"ERROR (\d+)", lines[0]) if lines else None
+        return ServerError(str(explain("\n".join(lines), self.db, self.action)), int(code.group(1)) if code else None)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for stream in (self.proc.stdout, self.proc.stderr):
+            stream.close()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
