@@ -37,16 +37,6 @@ def stage_done(task, values, site_name: str, stage: str) -> bool:
     return CONTEXT.runs[site_name].receipt(stage) is not None
 
 
-def sync_catalog():
-    """D1 sync: off unless D1_* are set; the sync engine itself is not part of this version."""
-    settings = CONTEXT.settings
-    if not settings.d1_enabled:
-        print("D1 sync is off (D1_ACCOUNT_ID, D1_DATABASE_ID and D1_API_TOKEN are not all set)")
-        return True
-    print("D1 is configured, but this version has no D1 sync yet: the catalog stays local")
-    return True
-
-
 def show_status():
     """Print the status table; fail when a site has no recent enough success."""
     lines, healthy = status_lines(CONTEXT.settings, CONTEXT.sites)

@@ -1,10 +1,11 @@
 """The backup graph, per enabled site (stable names; the run stamp lives only in paths):
 
     dump:SITE ----\
-                   >-- compress:SITE -- upload:SITE -- catalog:SITE --> sync
+                   >-- compress:SITE -- upload:SITE -- catalog:SITE
     tar:SITE -----/
 
-`backup:SITE` runs one site's chain, `backup` every site's and then `sync`. `dump` and
+`backup:SITE` runs one site's chain, `backup` every site's and then `sync` (after all of them,
+failed or not: tasks/catalog_sync.py). `dump` and
 `tar` run side by side (two worker threads). Each stage's target is a receipt in the run
 folder; a stage whose receipt exists is up to date even when doit's own state was lost.
 """

@@ -15,8 +15,7 @@ from wpbackup import catalog
 from wpbackup.console import log
 from wpbackup.errors import BackupError
 from wpbackup.restore import Request, finish_before_exit, restore
-from wpbackup.s3 import describe, make_client
-from wpbackup.verify import ArchiveCheck, check_local, check_remote, restore_test
+from wpbackup.verify import verify_archive
 
 from .context import CONTEXT
 
@@ -30,10 +29,11 @@ def _site(name: str):
     return known[name]
 
 
-def _record(status: str, site: str | None, message: str, archive_name: str | None = None) -> None:
+def _record(status: str, site: str | None, message: str, archive_name: str | None = None,
+            checks: dict[str, int | None] | None = None) -> None:
     try:
         catalog.log_event(CONTEXT.settings.db_path, status, message, site=site,
-                          server_id=CONTEXT.settings.server_id, archive_name=archive_name)
+                          server_id=CONTEXT.settings.server_id, archive_name=archive_name, checks=checks)
     except Exception as exc:  # the operator still sees the message
         log.error("could not record in the catalog: %s", exc)
 
@@ -89,7 +89,8 @@ def restored_line(summary: dict) -> str:
 
 
 def verify_action(site, all_, remote, restore_test_):
-    """Verify archives of every (or one) site; fail if any check fails."""
+    """Verify archives of every (or one) site; fail if any check fails. Each verdict goes to
+    the catalog as a line whose columns say which copy passed or failed (prune reads those)."""
     settings = CONTEXT.settings
     try:
         sites = [_site(site)] if site else CONTEXT.enabled
@@ -103,46 +104,11 @@ def verify_action(site, all_, remote, restore_test_):
             failures += 1
             continue
         for row in rows if all_ else rows[:1]:
-            checks = []
-            local = settings.backup_dir / row["archive_name"]
-            if local.exists():
-                checks.append(check_local(local, row["archive_sha256"]))
-            if remote:
-                if row["s3_key"] and settings.s3_enabled:
-                    bucket = row["s3_bucket"] or settings.s3_bucket
-                    try:
-                        checks.append(check_remote(make_client(settings), bucket, row["s3_key"],
-                                                   row["archive_sha256"]))
-                    except Exception as exc:
-                        failure = describe(exc, settings.s3_endpoint_url, bucket)
-                        checks.append(ArchiveCheck(row["archive_name"], f"s3://{bucket}/{row['s3_key']}",
-                                                   [f"cannot read the S3 copy: {failure}"]))
-                else:
-                    print(f"{chosen.name}: {row['archive_name']}: no S3 copy recorded")
-            if not checks:
-                failures += 1
-                message = (f"verify failed: {row['archive_name']}: no copy to check (none on this disk"
-                           f"{'' if remote else '; --remote checks the S3 copy'})")
-                _record("ERROR", chosen.name, message, row["archive_name"])
-                print(f"{chosen.name}: {message}")
-                continue
-            problems = [f"{c.where}: {p}" for c in checks for p in c.problems]
-            manifest = next((c.manifest for c in checks if c.manifest), None)
-            if restore_test_ and not problems and manifest and row is rows[0]:
-                found = restore_test(settings, chosen, row["archive_name"], manifest)
-                problems += [f"restore test: {p}" for p in found]
-            if problems:
-                failures += 1
-                message = f"verify failed: {row['archive_name']}: " + "; ".join(problems)
-                _record("ERROR", chosen.name, message, row["archive_name"])
-            else:
-                what = ", ".join(c.where.split(":")[0] for c in checks)
-                extra = ", restore test" if restore_test_ and row is rows[0] else ""
-                tables = len((manifest or {}).get("database", {}).get("tables", {}))
-                message = (f"verify OK: {row['archive_name']} ({what}: sha256, zstd+tar, manifest{extra}; "
-                           f"{checks[0].files} files, {tables} tables)")
-                _record("INFO", chosen.name, message, row["archive_name"])
-            print(f"{chosen.name}: {message}")
+            verdict = verify_archive(settings, chosen, row, remote, restore_test_ and row is rows[0])
+            failures += not verdict.ok
+            _record("INFO" if verdict.ok else "ERROR", chosen.name, verdict.message, row["archive_name"],
+                    verdict.results())
+            print(f"{chosen.name}: {verdict.message}")
     return TaskFailed(f"{failures} archive check(s) failed") if failures else True
 
 

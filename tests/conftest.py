@@ -239,3 +239,14 @@ def stalling_dump(tmp_path: Path) -> tuple[Path, Path]:
     (bindir / "mariadb-dump").write_text(STALLING_DUMP.format(real=real, marker=marker))
     (bindir / "mariadb-dump").chmod(0o755)
     return bindir, marker
+
+
+@pytest.fixture
+def d1(tmp_path):
+    """A local imitation of Cloudflare D1's HTTP API (tests/d1server.py): ``.env()`` gives
+    an install's D1_* settings, ``.inject(fault)`` misbehaves, ``.seen`` every request."""
+    from .d1server import D1Server
+
+    server = D1Server(tmp_path / "d1")
+    yield server
+    server.stop()

@@ -63,6 +63,10 @@ def test_unreadable_files_make_the_backup_incomplete_yet_kept(install, wordpress
     assert status.returncode != 0
     assert "INCOMPLETE (2 unreadable)" in status.stdout + status.stderr
     assert install.doit("verify").returncode == 0  # what it holds is intact and restorable
+    restored = install.doit("restore", "--site", "blog", "--files-only", "--target", str(tmp_path / "back"))
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert "is incomplete: 2 files or folders could not be read" in restored.stdout + restored.stderr
+    assert (tmp_path / "back" / "wp-content" / "uploads" / "fine.txt").read_text() == "readable"
 
     again = install.doit("backup")  # readable now: a new run, a complete backup
     assert again.returncode == 0, again.stdout + again.stderr

@@ -10,6 +10,8 @@ from wpbackup import catalog, steps
 from wpbackup.retention import keep_reasons
 from wpbackup.settings import load_settings
 
+from .conftest import Install
+
 END = date(2026, 11, 25)  # a Wednesday
 EXPECTED = {  # KEEP_DAILY=7, KEEP_WEEKLY=4, KEEP_MONTHLY=6, worked out by hand
     "2026-11-25", "2026-11-24", "2026-11-23", "2026-11-22", "2026-11-21", "2026-11-20", "2026-11-19",  # daily
@@ -103,34 +105,49 @@ def test_local_keep_counts_archives_whose_upload_never_succeeded(install, s3):
     assert sorted(p.name for p in install.backup_dir.glob("*.tar.zst")) == names[3:]
 
 
-def test_an_s3_copy_that_failed_verify_fills_no_retention_slot(install, s3):
-    """KEEP_DAILY=3 over six days: the copies of day 6 and day 3 failed `verify --remote`, so
-    the policy keeps three intact ones (5, 4, 2) and the damaged newest, and drops 3 and 1.
-    A local-only failure (day 4) and a failure since passed again (day 5) are not damage."""
+def _real_archive(wordpress, tmp_path) -> tuple[bytes, str]:
+    """The bytes and sha256 of a real archive of the shared WordPress (another install)."""
+    other = Install(tmp_path / "maker")
+    other.root.mkdir()
+    other.add_site("blog", wordpress)
+    made = other.doit("backup")
+    assert made.returncode == 0, made.stdout + made.stderr
+    [archive] = other.archives()
+    return archive.read_bytes(), archive.with_name(archive.name + ".sha256").read_text().split()[0]
+
+
+def test_an_s3_copy_that_failed_verify_fills_no_retention_slot(install, s3, wordpress, tmp_path):
+    """KEEP_DAILY=3 over six days, with real `doit verify --remote` passes: the copies of day 6
+    and day 3 are damaged, so the policy keeps three intact ones (5, 4, 2) and the damaged
+    newest, and drops 3 and 1. A damaged local copy (day 4), a failure since passed again
+    (day 5), another server's verdict (day 2) and an S3 copy that could not be read at all
+    (day 1) are no evidence against these S3 copies."""
+    data, sha256 = _real_archive(wordpress, tmp_path)
+    damaged = bytearray(data)
+    damaged[len(damaged) // 2] ^= 0xFF
     install.use_s3(s3)
     install.env.update(KEEP_DAILY="3", KEEP_WEEKLY="0", KEEP_MONTHLY="0")
+    install.add_site("blog", wordpress)
     install.write()
+    install.backup_dir.mkdir(mode=0o700)
     names = {d: f"blog-backup-2026110{d}-030000.tar.zst" for d in range(1, 7)}
+    keys = {d: f"web-1/2026/11/0{d}/{name}" for d, name in names.items()}
     for day, name in names.items():
-        key = f"web-1/2026/11/0{day}/{name}"
-        s3.s3.put_object(Bucket=s3.bucket, Key=key, Body=b"x")
-        catalog.record_upload(install.db_path, key=key, endpoint=s3.url, bucket=s3.bucket, size=1,
-                              sha256="0" * 64, site="blog", server_id="web-1", stamp=name[12:27],
+        s3.s3.put_object(Bucket=s3.bucket, Key=keys[day], Body=bytes(damaged) if day in (6, 5, 3) else data)
+        catalog.record_upload(install.db_path, key=keys[day], endpoint=s3.url, bucket=s3.bucket, size=len(data),
+                              sha256=sha256, site="blog", server_id="web-1", stamp=name[12:27],
                               archive_name=name, uploaded_at="2026-11-07 00:00:00")
+        catalog.log_event(install.db_path, "SUCCESS", f"backup {name} complete", site="blog", server_id="web-1",
+                          stamp=name[12:27], archive_name=name, archive_size=len(data), archive_sha256=sha256)
+    (install.backup_dir / names[4]).write_bytes(bytes(damaged))  # a damaged local copy beside an intact S3 one
+    (install.backup_dir / f"{names[4]}.sha256").write_text(f"{sha256}  {names[4]}\n")
+    s3.s3.delete_object(Bucket=s3.bucket, Key=keys[1])  # unreadable: proves nothing about the copy
+    catalog.log_event(install.db_path, "ERROR", "verify failed (web-2's own copy)", site="blog", server_id="web-2",
+                      archive_name=names[2], checks={"verified_s3": 0})
 
-    def verify(day: int, status: str, details: str, server: str = "web-1") -> None:
-        catalog.log_event(install.db_path, status, details.format(name=names[day], bucket=s3.bucket),
-                          site="blog", server_id=server, archive_name=names[day])
-
-    broken = "verify failed: {name}: s3://{bucket}/web-1/x/{name}: sha256 differs from the recorded"
-    verify(6, "ERROR", broken)
-    verify(5, "ERROR", broken)
-    verify(5, "INFO", "verify OK: {name} (local, s3: sha256, zstd+tar, manifest; 3 files, 12 tables)")
-    verify(4, "ERROR", "verify failed: {name}: local: /b/{name}: sha256 differs from {name}.sha256")
-    verify(3, "ERROR", broken)
-    verify(2, "ERROR", broken, server="web-2")  # another server's verdict on its own copy
-    verify(1, "ERROR", "verify failed: {name}: s3://{bucket}/web-1/x/{name}: cannot read the S3 copy: "
-                       "S3 unreachable at http://s3.test bucket b: timed out")  # no evidence of damage
+    assert install.doit("verify", "--remote", "--all").returncode != 0
+    s3.s3.put_object(Bucket=s3.bucket, Key=keys[5], Body=data)  # day 5 repaired, and verified again
+    assert install.doit("verify", "--remote", "--all").returncode != 0
     assert catalog.failed_s3_verifications(install.db_path, "web-1") == {names[6], names[3]}
 
     dry = install.doit("prune", "--dry-run")
@@ -142,10 +159,31 @@ def test_an_s3_copy_that_failed_verify_fills_no_retention_slot(install, s3):
     assert left == {names[6], names[5], names[4], names[2]}
 
 
+def test_verify_lines_of_older_versions_keep_their_verdict(tmp_path):
+    """A catalog from before verify results were data: its verify lines get their columns
+    filled once from the wording of that time, so a known-damaged S3 copy stays known."""
+    import sqlite3
+
+    path = tmp_path / "backups.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE backup_log (id INTEGER PRIMARY KEY AUTOINCREMENT, timestamp DATETIME, status TEXT, "
+                 "details TEXT, site_name TEXT, server_id TEXT, archive_name TEXT)")
+    rows = [("ERROR", "verify failed: a.tar.zst: s3://b/web-1/a.tar.zst: sha256 differs from the recorded", "a"),
+            ("ERROR", "verify failed: b.tar.zst: s3://b/web-1/b.tar.zst: cannot read the S3 copy: timed out", "b"),
+            ("ERROR", "verify failed: c.tar.zst: s3://b/web-1/c.tar.zst: sha256 differs from the recorded", "c"),
+            ("INFO", "verify OK: c.tar.zst (local, s3: sha256, zstd+tar, manifest; 3 files, 12 tables)", "c")]
+    for status, details, name in rows:
+        conn.execute("INSERT INTO backup_log (timestamp, status, details, site_name, server_id, archive_name) "
+                     "VALUES ('2026-11-01 00:00:00', ?, ?, 'blog', 'web-1', ?)", (status, details, f"{name}.tar.zst"))
+    conn.commit()
+    conn.close()
+    assert catalog.failed_s3_verifications(path, "web-1") == {"a.tar.zst"}
+
+
 def test_local_keep_keeps_the_local_copy_when_the_s3_copy_failed_verify(install, s3):
     names = _local_archives(install, s3, days=3, uploaded=3)
-    catalog.log_event(install.db_path, "ERROR", f"verify failed: {names[0]}: s3://{s3.bucket}/web-1/x/{names[0]}: "
-                      "sha256 differs from the recorded", site="blog", server_id="web-1", archive_name=names[0])
+    catalog.log_event(install.db_path, "ERROR", f"verify failed: {names[0]}: its S3 copy is damaged", site="blog",
+                      server_id="web-1", archive_name=names[0], checks={"verified_s3": 0})
     result = install.doit("prune", "--dry-run")
     assert result.returncode == 0, result.stdout + result.stderr
     result = install.doit("prune")

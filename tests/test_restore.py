@@ -682,3 +682,15 @@ def test_admin_is_refused_clearly_when_not_root_or_for_another_machines_database
     result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
                              probe], capture_output=True, text=True, cwd=REPO)
     assert "only root may do: run the restore as root" in result.stdout, result.stdout + result.stderr
+
+
+def test_a_bad_database_name_is_refused_before_anything(install, wordpress, mariadb):
+    install.add_site("blog", wordpress)
+    assert install.doit("backup").returncode == 0
+    before = mariadb.sql("SHOW DATABASES")
+    for name in ["blog\n", "a b", "x;DROP", "a" * 65]:  # (doit itself fails on an empty argument)
+        result = install.doit("restore", "--site", "blog", "--db-only", "--database", name)
+        out = _out(result)
+        assert result.returncode != 0 and "Traceback" not in out, out
+        assert "--database" in out and "use letters, digits" in out, out
+    assert mariadb.sql("SHOW DATABASES") == before

@@ -69,6 +69,7 @@ class Source:
     stamp: str | None
     s3_key: str | None
     s3_bucket: str | None
+    incomplete: int = 0  # files the backup could not read: the archive lacks them
 
 
 SETID = stat.S_ISUID | stat.S_ISGID
@@ -85,13 +86,16 @@ def find_archive(settings: Settings, site: Site, name: str | None) -> Source:
             raise BackupError(f"no successful backup named {name} for site {site.name} in {settings.db_path}")
     elif not rows:
         raise BackupError(f"no successful backup of site {site.name} in {settings.db_path}")
-    rows = [r for r in rows if ARCHIVE_NAME_RE.match(r["archive_name"] or "")]
+    rows = [r for r in rows if ARCHIVE_NAME_RE.fullmatch(r["archive_name"] or "")]
     if not rows:
         raise BackupError(f"the catalog's archive names for site {site.name} are not valid archive names")
     mine = [r for r in rows if r["server_id"] == settings.server_id]
     row = (mine or rows)[0]
+    if row["incomplete"]:  # still the newest copy of everything else it holds: used, but said
+        log.warning("%s is incomplete: %d files or folders could not be read when it was made (its "
+                    "manifest's files.unreadable lists them)", row["archive_name"], row["incomplete"])
     return Source(row["archive_name"], row["archive_sha256"], row["archive_size"], row["server_id"],
-                  row["run_stamp"], row["s3_key"], row["s3_bucket"])
+                  row["run_stamp"], row["s3_key"], row["s3_bucket"], row["incomplete"] or 0)
 
 
 def download(settings: Settings, source: Source, scratch: Path) -> Path:
@@ -374,7 +378,7 @@ def plan_restore(settings: Settings, request: Request) -> Plan:
     if request.db:
         db = site.database()
         if request.database:
-            if not DB_NAME_RE.match(request.database):
+            if not DB_NAME_RE.fullmatch(request.database):
                 raise BackupError(f"--database {request.database!r}: use letters, digits, '_', '$' or '-'")
             db = replace(db, name=request.database)
         login = db

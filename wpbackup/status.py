@@ -1,5 +1,7 @@
 """`doit status`: per site, the last successful backup, its age, size, where it is, and how
-many of this server's local archives are still waiting for their upload (S3 mode)."""
+many of this server's local archives are still waiting for their upload (S3 mode); a site
+whose latest attempt failed shows FAILED with the error. With the D1 sync on, the other
+servers' sites are listed too (their rows are pulled into the local catalog)."""
 
 from __future__ import annotations
 
@@ -28,19 +30,32 @@ def _newer(one, other) -> bool:
     return (one["run_stamp"] or "", one["id"]) > (other["run_stamp"] or "", other["id"])
 
 
+def _failed_after(failure, row) -> bool:
+    """The failure was recorded after the backup ``row`` (or there is none): by the
+    catalog's timestamps, which come from one server's clock for one (server, site)."""
+    return failure is not None and (row is None or (failure["timestamp"] or "", failure["id"])
+                                    > (row["timestamp"] or "", row["id"]))
+
+
+def _failed_state(failure) -> str:
+    details = " ".join((failure["details"] or "").split())
+    return f"FAILED {failure['timestamp']}: {details[:100]}{'...' if len(details) > 100 else ''}"
+
+
 def status_lines(settings: Settings, sites: list[Site], now: datetime | None = None) -> tuple[list[str], bool]:
     """The status table and whether every site has a recent enough success, no newer
     backup that had to leave files out (INCOMPLETE), and no last stamp in the future (CLOCK?)."""
     now = now or datetime.now(timezone.utc)
     last = catalog.last_successes(settings.db_path)
     newest = catalog.last_successes(settings.db_path, include_incomplete=True)
+    failures = catalog.last_failures(settings.db_path)
     # AGE counts from the run's stamp: when the data was taken, not when the upload ended
     rows = [("SERVER", "SITE", "LAST SUCCESS (UTC)", "AGE", "SIZE", "STORED", "NOT UPLOADED", "STATE")]
     healthy = True
     keys = [(settings.server_id, s.name) for s in sites if s.enabled]
     # the fleet's other servers (their rows arrive through the D1 sync); this server's
     # disabled or removed sites are not expected to back up any more
-    keys += sorted(k for k in last if k not in keys and k[0] != settings.server_id)
+    keys += sorted(k for k in {*last, *failures} if k not in keys and k[0] != settings.server_id)
     for server, name in keys:
         row = last.get((server, name))
         waiting = str(len(waiting_uploads(settings, name))) if server == settings.server_id and settings.s3_enabled \
@@ -48,6 +63,8 @@ def status_lines(settings: Settings, sites: list[Site], now: datetime | None = N
         if row is None:
             latest = newest.get((server, name))
             state = f"INCOMPLETE ({latest['incomplete']} unreadable)" if latest is not None else "NO BACKUP"
+            if _failed_after(failures.get((server, name)), latest):
+                state = _failed_state(failures[(server, name)])
             rows.append((server, name, "never", "-", "-", "-", waiting, state))
             healthy = False
             continue
@@ -61,6 +78,8 @@ def status_lines(settings: Settings, sites: list[Site], now: datetime | None = N
         latest = newest.get((server, name))
         if latest is not None and latest["incomplete"] and _newer(latest, row):
             state = f"INCOMPLETE ({latest['incomplete']} unreadable in {latest['archive_name']})"
+        if _failed_after(failures.get((server, name)), latest if latest is not None and _newer(latest, row) else row):
+            state = _failed_state(failures[(server, name)])
         if age < -FUTURE_SLACK.total_seconds() / 3600:  # "fresh" only because a clock is wrong
             state = "CLOCK? (last stamp in the future)"
         healthy = healthy and state == "OK"

@@ -166,3 +166,83 @@ def restore_test(settings, site, archive_name: str, manifest: dict) -> list[str]
         except BackupError as exc:
             problems.append(f"could not drop the scratch database {scratch_db}: {exc}")
     return problems
+
+
+@dataclass
+class Verdict:
+    """What one `doit verify` pass found for one archive, as data: each copy's result is True
+    (passed), False (damaged) or None (not checked, or an S3 copy that could not be read at all,
+    which proves nothing about its bytes). Prune and status decide from these, never from the
+    wording of ``message``."""
+
+    archive_name: str
+    problems: list[str]
+    message: str
+    local: bool | None = None
+    s3: bool | None = None
+    restore_tested: bool | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def results(self) -> dict[str, int | None]:
+        """The catalog columns of this verdict (1 passed, 0 failed, NULL not checked)."""
+        def flag(value: bool | None) -> int | None:
+            return None if value is None else int(value)
+        return {"verified_local": flag(self.local), "verified_s3": flag(self.s3),
+                "restore_tested": flag(self.restore_tested)}
+
+
+def _copies(settings, row, remote: bool) -> tuple[list[ArchiveCheck], bool | None, str]:
+    """Check the local copy and, with ``remote``, the S3 copy of one catalog row: (checks,
+    the S3 copy's result, a note when no S3 copy is recorded)."""
+    from .s3 import describe, make_client
+
+    checks, s3_result, note = [], None, ""
+    local = settings.backup_dir / row["archive_name"]
+    if local.exists():
+        checks.append(check_local(local, row["archive_sha256"]))
+    if remote and row["s3_key"] and settings.s3_enabled:
+        bucket = row["s3_bucket"] or settings.s3_bucket
+        try:
+            remote_check = check_remote(make_client(settings), bucket, row["s3_key"], row["archive_sha256"])
+            s3_result = remote_check.ok
+        except Exception as exc:  # unreadable is no evidence of damage: s3_result stays None
+            failure = describe(exc, settings.s3_endpoint_url, bucket)
+            remote_check = ArchiveCheck(row["archive_name"], f"s3://{bucket}/{row['s3_key']}",
+                                        [f"cannot read the S3 copy: {failure}"])
+        checks.append(remote_check)
+    elif remote:
+        note = "no S3 copy recorded"
+    return checks, s3_result, note
+
+
+def verify_archive(settings, site, row, remote: bool, with_restore_test: bool) -> Verdict:
+    """Verify one archive of the catalog (a row of catalog.successes): its local copy, its S3
+    copy with ``remote``, and with ``with_restore_test`` a restore into scratch space."""
+    name = row["archive_name"]
+    checks, s3_result, note = _copies(settings, row, remote)
+    local = next((c.ok for c in checks if c.where.startswith("local:")), None)
+    if not checks:
+        hint = "" if remote else "; --remote checks the S3 copy"
+        return Verdict(name, ["no copy to check"], f"verify failed: {name}: no copy to check (none on this "
+                       f"disk{hint})", local, s3_result)
+    problems = [f"{c.where}: {p}" for c in checks for p in c.problems]
+    manifest = next((c.manifest for c in checks if c.manifest), None)
+    tested = None
+    if with_restore_test and not problems and manifest:
+        found = restore_test(settings, site, name, manifest)
+        problems += [f"restore test: {p}" for p in found]
+        tested = not found
+    if problems:
+        message = f"verify failed: {name}: " + "; ".join(problems)
+    else:
+        what = ", ".join(c.where.split(":")[0] for c in checks)
+        extra = ", restore test" if tested else ""
+        tables = len((manifest or {}).get("database", {}).get("tables", {}))
+        message = (f"verify OK: {name} ({what}: sha256, zstd+tar, manifest{extra}; "
+                   f"{checks[0].files} files, {tables} tables)")
+    if note:
+        message += f" ({note})"
+    return Verdict(name, problems, message, local, s3_result, tested)
