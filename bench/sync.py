@@ -33,8 +33,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
 from tests.d1server import D1Server  # noqa: E402
-from wpbackup import catalog  # noqa: E402
-from wpbackup.fleet import sync  # noqa: E402
+from wpbackup.fleet import catalog, sync  # noqa: E402
 from wpbackup.fleet.d1 import D1Client  # noqa: E402
 
 BUDGET = {"nothing new": 2, "push": 25, "pull": 10}

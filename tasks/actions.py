@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from doit.exceptions import TaskFailed
 
-from wpbackup import steps
+from wpbackup.backup import steps
 from wpbackup.errors import BackupError
-from wpbackup.status import status_lines
+from wpbackup.fleet.status import status_lines
 
 from .context import CONTEXT
 

@@ -12,7 +12,7 @@ turns a failed sync into a non-zero exit status.
 
 from __future__ import annotations
 
-from wpbackup import children
+from wpbackup.backup import children
 from wpbackup.errors import BackupError
 from wpbackup.fleet import sync as fleet_sync
 from wpbackup.fleet.d1 import D1Client

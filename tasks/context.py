@@ -15,12 +15,13 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from wpbackup import catalog, children, lock, runs, steps
+from wpbackup.backup import children, lock, runs, steps
+from wpbackup.backup.runs import Run
+from wpbackup.config.settings import Settings, load_settings
+from wpbackup.config.sites import Site, load_sites
 from wpbackup.console import log, setup_logging
 from wpbackup.errors import BackupError, ConfigError
-from wpbackup.runs import Run
-from wpbackup.settings import Settings, load_settings
-from wpbackup.sites import Site, load_sites
+from wpbackup.fleet import catalog
 
 DOIT_COMMANDS = {"list", "info", "forget", "clean", "ignore", "help", "strace", "dumpdb",
                  "reset-dep", "tabcompletion", "auto"}

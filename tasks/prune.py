@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from doit.exceptions import TaskFailed
 
-from wpbackup import prune, steps
 from wpbackup.console import log
 from wpbackup.errors import BackupError
-from wpbackup.s3 import describe, make_client
+from wpbackup.retention import local, prune
+from wpbackup.storage.s3 import describe, make_client
 
 from .context import CONTEXT
 
@@ -56,7 +56,7 @@ def prune_action(dry_run):
     settings = CONTEXT.settings
     names = sorted({site.name for site in CONTEXT.sites} | {
         p.name.split("-backup-")[0] for p in settings.backup_dir.glob("*-backup-*.tar.zst")})
-    excess = {name: steps.local_excess(settings, name) for name in names}
+    excess = {name: local.local_excess(settings, name) for name in names}
     client, the_plan, s3_failed = _plan(settings, excess)
     _print_plan(settings, the_plan, dry_run, s3_failed)
     deleted: dict[str, int] = {}
@@ -68,12 +68,12 @@ def prune_action(dry_run):
         except prune.S3PartFailed as exc:
             s3_failed, deleted = str(exc), exc.deleted
         for entry in the_plan.sites.values():
-            steps.remove_local(settings, entry.local_delete)
+            local.remove_local(settings, entry.local_delete)
         print(f"pruned: {sum(deleted.values())} S3 objects, "
               f"{sum(len(e.local_delete) for e in the_plan.sites.values())} local archives")
     if s3_failed:
-        local = "planned only (dry run)" if dry_run else "applied"
-        message = f"prune: the S3 part failed: {s3_failed}; the local part (LOCAL_KEEP) was {local}"
+        local_part = "planned only (dry run)" if dry_run else "applied"
+        message = f"prune: the S3 part failed: {s3_failed}; the local part (LOCAL_KEEP) was {local_part}"
         log.error("%s", message)
         return TaskFailed(message)
     return True

@@ -8,9 +8,9 @@ import traceback
 
 from doit.reporter import ConsoleReporter
 
+from wpbackup.backup.steps import STAGES
 from wpbackup.console import human_bytes
-from wpbackup.healthcheck import ping
-from wpbackup.steps import STAGES
+from wpbackup.fleet.healthcheck import ping
 
 from .catalog_sync import run_sync
 from .context import CONTEXT

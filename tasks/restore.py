@@ -11,11 +11,11 @@ from pathlib import Path
 
 from doit.exceptions import TaskFailed
 
-from wpbackup import catalog
 from wpbackup.console import log
 from wpbackup.errors import BackupError
-from wpbackup.restore import Request, finish_before_exit, restore
-from wpbackup.verify import verify_archive
+from wpbackup.fleet import catalog
+from wpbackup.restore.restore import Request, finish_before_exit, restore
+from wpbackup.restore.verify import verify_archive
 
 from .context import CONTEXT
 

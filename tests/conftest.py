@@ -100,7 +100,7 @@ class Install:
     def process_env(self, extra: dict | None = None) -> dict:
         """The inherited environment without anything this tool (or boto3) would read, so a
         developer's shell cannot change what a test means; then this install's .env."""
-        from wpbackup.settings import ENVIRONMENT_KEYS
+        from wpbackup.config.settings import ENVIRONMENT_KEYS
 
         env = {k: v for k, v in os.environ.items()
                if k not in ENVIRONMENT_KEYS and not k.startswith(("S3_", "D1_", "AWS_"))}
@@ -192,9 +192,9 @@ def dumped_and_tarred(install: Install, name: str):
     process (the compress stage is the caller's): (settings, site, run)."""
     from datetime import datetime, timezone
 
-    from wpbackup import runs, steps
-    from wpbackup.settings import load_settings
-    from wpbackup.sites import load_sites
+    from wpbackup.backup import runs, steps
+    from wpbackup.config.settings import load_settings
+    from wpbackup.config.sites import load_sites
 
     install.write()
     settings = load_settings({"WPBACKUP_ENV": str(install.env_path)})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from contextlib import closing
 
-from wpbackup import catalog
+from wpbackup.fleet import catalog
 
 
 def test_legacy_catalog_is_migrated_keeping_its_rows(tmp_path):

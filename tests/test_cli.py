@@ -162,7 +162,7 @@ def test_misspelt_key_is_a_warning_and_the_run_goes_on(install, wordpress):
 
 
 def test_inherited_environment_cannot_change_what_a_test_runs(install, wordpress, monkeypatch):
-    from wpbackup.settings import ENVIRONMENT_KEYS
+    from wpbackup.config.settings import ENVIRONMENT_KEYS
 
     for key in ENVIRONMENT_KEYS:
         monkeypatch.setenv(key, "from-the-shell\n")

@@ -10,7 +10,7 @@ import json
 import sqlite3
 from datetime import datetime, timedelta, timezone
 
-from wpbackup import runs
+from wpbackup.backup import runs
 
 from .test_resume import _count
 

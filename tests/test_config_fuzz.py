@@ -19,9 +19,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from wpbackup.config.settings import BY_NAME, KEYS, S3_SETTINGS, load_settings
+from wpbackup.config.sites import SITE_NAME_RE, load_sites, parse_sites
 from wpbackup.errors import BackupError, ConfigError
-from wpbackup.settings import BY_NAME, KEYS, S3_SETTINGS, load_settings
-from wpbackup.sites import SITE_NAME_RE, load_sites, parse_sites
 
 IN_PROCESS = settings(max_examples=200, deadline=None, database=None,
                       suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -117,7 +117,7 @@ def _clean(problems: list[str], source: str) -> None:
 @IN_PROCESS
 @given(raw=sites_files())
 def test_any_sites_json_loads_cleanly_or_is_a_config_error(folder, raw):
-    from wpbackup import steps
+    from wpbackup.backup import steps
 
     path = folder / "sites.json"
     path.write_bytes(raw)

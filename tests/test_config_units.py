@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from wpbackup.backup.tarstream import is_excluded
+from wpbackup.config.settings import KEYS, default_server_id, load_settings
+from wpbackup.config.sites import Site, load_sites
+from wpbackup.config.wpconfig import DbHost, find_wp_config, parse_db_host, parse_wp_config
 from wpbackup.errors import BackupError, ConfigError
-from wpbackup.settings import KEYS, default_server_id, load_settings
-from wpbackup.sites import Site, load_sites
-from wpbackup.tarstream import is_excluded
-from wpbackup.wpconfig import DbHost, find_wp_config, parse_db_host, parse_wp_config
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 
-from wpbackup import catalog
+from wpbackup.fleet import catalog
 
 from .conftest import Install
 

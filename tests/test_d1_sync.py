@@ -11,8 +11,7 @@ from contextlib import closing
 
 import pytest
 
-from wpbackup import catalog
-from wpbackup.fleet import sync
+from wpbackup.fleet import catalog, sync
 from wpbackup.fleet.d1 import D1Client, D1Error, D1SqlError
 
 from .d1server import D1Server

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from wpbackup.mysql import DatabaseNameFilter, select_tables, summarize
+from wpbackup.database.mysql import DatabaseNameFilter, select_tables, summarize
 
 from .conftest import make_site
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from wpbackup import runs
+from wpbackup.backup import runs
 
 from .test_resume import _count, _setup_upload
 

@@ -9,7 +9,7 @@ import tarfile
 import pytest
 
 from wpbackup.errors import BackupError
-from wpbackup.members import MemberCheck, check_member
+from wpbackup.restore.members import MemberCheck, check_member
 
 # (name, type, linkname, refused by the 'data' filter with a fresh destination folder)
 CASES = [

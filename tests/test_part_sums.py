@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from wpbackup import archive, steps
-from wpbackup.archive import PartDigests
+from wpbackup.backup import archive, steps
+from wpbackup.backup.archive import PartDigests
 
 from .conftest import dumped_and_tarred, make_site
 

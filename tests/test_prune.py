@@ -6,9 +6,10 @@ from datetime import date, timedelta
 
 import pytest
 
-from wpbackup import catalog, steps
-from wpbackup.retention import keep_reasons
-from wpbackup.settings import load_settings
+from wpbackup.config.settings import load_settings
+from wpbackup.fleet import catalog
+from wpbackup.retention import local
+from wpbackup.retention.retention import keep_reasons
 
 from .conftest import Install
 
@@ -208,7 +209,7 @@ def test_a_prune_that_meets_an_s3_error_still_applies_local_keep(install, s3, s3
         s3_proxy.refuse_delete = True
     expected = "S3 error ServiceUnavailable"
     install.write()
-    going = steps.local_excess(load_settings({"WPBACKUP_ENV": str(install.env_path)}), "blog")
+    going = local.local_excess(load_settings({"WPBACKUP_ENV": str(install.env_path)}), "blog")
     assert going  # LOCAL_KEEP=1 has something to remove
     if failure == "listing":  # the S3 part cannot even be planned: a dry run says so, and fails
         dry = install.doit("prune", "--dry-run")

@@ -14,7 +14,7 @@ import uuid
 import pytest
 import zstandard
 
-from wpbackup import catalog
+from wpbackup.fleet import catalog
 
 from .conftest import make_site
 from .servers import WordPress
@@ -661,18 +661,18 @@ def test_admin_loads_as_the_servers_root_over_its_socket(install, own_wordpress,
 
 
 def test_admin_is_refused_clearly_when_not_root_or_for_another_machines_database(tmp_path):
-    from wpbackup.dblogin import admin_login
+    from wpbackup.config.sites import DbSettings
+    from wpbackup.config.wpconfig import DbHost
+    from wpbackup.database.dblogin import admin_login
     from wpbackup.errors import BackupError
-    from wpbackup.sites import DbSettings
-    from wpbackup.wpconfig import DbHost
 
     remote = DbSettings("blog", "wp", "secret", DbHost("db.example.test", 3306))
     with pytest.raises(BackupError, match="the site's database is on db.example.test:3306"):
         admin_login(remote)
     if os.geteuid() != 0:
         pytest.skip("the unprivileged half needs root to drop privileges")
-    probe = ("from wpbackup.dblogin import admin_login\nfrom wpbackup.sites import DbSettings\n"
-             "from wpbackup.wpconfig import DbHost\nfrom wpbackup.errors import BackupError\n"
+    probe = ("from wpbackup.database.dblogin import admin_login\nfrom wpbackup.config.sites import DbSettings\n"
+             "from wpbackup.config.wpconfig import DbHost\nfrom wpbackup.errors import BackupError\n"
              "try:\n    admin_login(DbSettings('blog', 'wp', 'secret', DbHost('localhost')))\n"
              "except BackupError as exc:\n    print(exc)\n")
     import sys

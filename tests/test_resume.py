@@ -219,7 +219,7 @@ def test_stale_open_run_is_abandoned_and_cleaned(install, wordpress, s3, s3_prox
 def test_files_part_cut_short_by_a_crash_is_archived_again(install, wordpress, tmp_path):
     """The files part is not fsynced (the archive is, once): if a crash cut it short, the
     compress stage notices, drops the tar receipt, and the next run redoes the tar stage."""
-    from wpbackup import steps
+    from wpbackup.backup import steps
     from wpbackup.errors import BackupError
 
     install.sites.append({"name": "blog", "path": str(make_site(tmp_path, wordpress, big_mb=2))})
@@ -318,7 +318,7 @@ def test_open_run_that_recorded_its_result_counts_as_closed(tmp_path):
     the next backup starts a new one instead of finding nothing to do until it goes stale."""
     from datetime import datetime, timezone
 
-    from wpbackup import runs
+    from wpbackup.backup import runs
 
     now = datetime(2026, 12, 1, 3, 0, tzinfo=timezone.utc)
     run = runs.plan_run(tmp_path, "blog", now, 20, "fp")

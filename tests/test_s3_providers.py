@@ -18,10 +18,10 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from wpbackup import steps
-from wpbackup.prune import delete_objects
-from wpbackup.s3 import make_client, remember_abort, retry_aborts, upload_archive
-from wpbackup.settings import Settings
+from wpbackup.backup import steps
+from wpbackup.config.settings import Settings
+from wpbackup.retention.prune import delete_objects
+from wpbackup.storage.s3 import make_client, remember_abort, retry_aborts, upload_archive
 
 from .conftest import make_site
 
@@ -152,7 +152,7 @@ def test_delete_objects_carries_content_md5(s3, s3_proxy, tmp_path):
 
 
 def test_prune_deletes_through_a_provider_that_wants_content_md5(install, s3, s3_proxy):
-    from wpbackup import catalog
+    from wpbackup.fleet import catalog
 
     s3_proxy.require_delete_md5 = s3_proxy.check_sums = True
     install.use_s3(s3)

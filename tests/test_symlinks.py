@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from wpbackup import tarstream
-from wpbackup.members import MemberCheck
-from wpbackup.wpconfig import find_wp_config
+from wpbackup.backup import tarstream
+from wpbackup.config.wpconfig import find_wp_config
+from wpbackup.restore.members import MemberCheck
 
 from .conftest import REPO, make_site
 
@@ -274,7 +274,7 @@ WALK = """
 import json, sys
 from dataclasses import asdict
 from pathlib import Path
-from wpbackup import tarstream
+from wpbackup.backup import tarstream
 stats = tarstream.TreeStats()
 with open(sys.argv[2], "wb") as out:
     tarstream.write_tree(out, Path(sys.argv[1]), "wp-content", [], set(), stats)

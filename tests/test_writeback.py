@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from wpbackup import writeback
+from wpbackup.backup import writeback
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sync_file_range is Linux's")

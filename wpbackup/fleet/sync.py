@@ -44,10 +44,9 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wpbackup import catalog
 from wpbackup.console import log
-
-from .d1 import BODY_BYTES, MAX_PARAMS, D1Client, D1Error, D1SqlError, statement_bytes
+from wpbackup.fleet import catalog
+from wpbackup.fleet.d1 import BODY_BYTES, MAX_PARAMS, D1Client, D1Error, D1SqlError, statement_bytes
 
 TABLES = ("backup_log", "s3_archives", "daily_emails")
 LOCAL_ONLY = ("id", "change_seq")  # the local row id means nothing elsewhere; change_seq is ours

@@ -14,9 +14,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import BackupError, ConfigError
-from .settings import is_text, path_problem, shown
-from .wpconfig import DbHost, WpConfig, find_wp_config, parse_db_host, parse_wp_config
+from wpbackup.config.settings import is_text, path_problem, shown
+from wpbackup.config.wpconfig import DbHost, WpConfig, find_wp_config, parse_db_host, parse_wp_config
+from wpbackup.errors import BackupError, ConfigError
 
 SITE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")  # always matched whole (fullmatch)
 TABLE_PREFIX_RE = re.compile(r"[A-Za-z0-9_]{1,64}")  # what WordPress itself accepts

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import BackupError
+from wpbackup.errors import BackupError
 
 _STRING = r"""(?:'((?:[^'\\]|\\.)*)'|"((?:[^"\\]|\\.)*)")"""
 _VERSION_RE = re.compile(r"\$wp_version\s*=\s*" + _STRING + r"\s*;")

@@ -34,10 +34,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .children import spawn, stopping, tracked
-from .console import log
-from .dblogin import DatabaseState, Grants, grant_pattern, survey, what_to_run
-from .dbobjects import (
+from wpbackup.backup.children import spawn, stopping, tracked
+from wpbackup.config.sites import DbSettings
+from wpbackup.console import log
+from wpbackup.database.dblogin import DatabaseState, Grants, grant_pattern, survey, what_to_run
+from wpbackup.database.dbobjects import (
     Definition,
     DumpObjects,
     Inventory,
@@ -49,9 +50,8 @@ from .dbobjects import (
     q,
     read_definitions,
 )
-from .errors import BackupError, disk_error
-from .mysql import CHUNK, ServerError, Session, client_binary, explain, where
-from .sites import DbSettings
+from wpbackup.database.mysql import CHUNK, ServerError, Session, client_binary, explain, where
+from wpbackup.errors import BackupError, disk_error
 
 SANDBOX_PREFIX = b"/*M!999999\\- enable the sandbox mode"
 LOCK_WAIT_SECONDS = 30  # how long one swap statement waits for a site's query to let go of a table

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from .console import log
+from wpbackup.console import log
 
 
 def ping(url: str | None, event: str = "", body: str = "") -> bool:

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 from dotenv import dotenv_values
 from dotenv.parser import parse_stream
 
-from .errors import ConfigError
+from wpbackup.errors import ConfigError
 
 SERVER_ID_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")  # always matched whole (fullmatch)
 PROJECT_DIR = Path(__file__).resolve().parent.parent

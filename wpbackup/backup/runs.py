@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from .archive import write_atomic
+from wpbackup.atomic import write_atomic
 
 STAMP_FORMAT = "%Y%m%d-%H%M%S"
 _open_lock = threading.Lock()

@@ -17,7 +17,7 @@ import posixpath
 import re
 import tarfile
 
-from .errors import BackupError
+from wpbackup.errors import BackupError
 
 
 def _refused(name: str, why: str) -> BackupError:

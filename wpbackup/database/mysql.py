@@ -23,10 +23,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .children import spawn, tracked
-from .errors import BackupError, disk_error
-from .sites import DbSettings
-from .writeback import Pacer
+from wpbackup.backup.children import spawn, tracked
+from wpbackup.backup.writeback import Pacer
+from wpbackup.config.sites import DbSettings
+from wpbackup.errors import BackupError, disk_error
 
 DUMP_TRAILER = b"-- Dump completed"
 CHUNK = 1 << 20

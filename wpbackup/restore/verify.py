@@ -18,11 +18,11 @@ from typing import BinaryIO
 
 import zstandard
 
-from .errors import BackupError
-from .members import MemberCheck
-from .mysql import quote_identifier, run_query
-from .reader import CHUNK, is_site_file, open_members, sidecar_sha256
-from .restore import Request, restore
+from wpbackup.database.mysql import quote_identifier, run_query
+from wpbackup.errors import BackupError
+from wpbackup.restore.members import MemberCheck
+from wpbackup.restore.restore import Request, restore
+from wpbackup.storage.reader import CHUNK, is_site_file, open_members, sidecar_sha256
 
 
 @dataclass
@@ -197,7 +197,7 @@ class Verdict:
 def _copies(settings, row, remote: bool) -> tuple[list[ArchiveCheck], bool | None, str]:
     """Check the local copy and, with ``remote``, the S3 copy of one catalog row: (checks,
     the S3 copy's result, a note when no S3 copy is recorded)."""
-    from .s3 import describe, make_client
+    from wpbackup.storage.s3 import describe, make_client
 
     checks, s3_result, note = [], None, ""
     local = settings.backup_dir / row["archive_name"]

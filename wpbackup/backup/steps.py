@@ -15,19 +15,25 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from . import __version__, archive, catalog, runs
-from .console import Progress, human_bytes, log
-from .errors import BackupError, Incomplete
-from .mysql import dump_database, summarize
-from .runs import Run
-from .s3 import (
+from wpbackup import __version__
+from wpbackup.atomic import write_atomic
+from wpbackup.backup import archive, runs
+from wpbackup.backup.runs import Run
+from wpbackup.config.settings import Settings
+from wpbackup.config.sites import SITE_NAME_RE, Site
+from wpbackup.config.wpconfig import wordpress_version
+from wpbackup.console import Progress, human_bytes, log
+from wpbackup.database.mysql import dump_database, summarize
+from wpbackup.errors import BackupError, Incomplete
+from wpbackup.fleet import catalog
+from wpbackup.retention.local import apply_local_keep, waiting_uploads
+from wpbackup.storage.s3 import (
     abort_upload,
     describe,
     make_client,
@@ -40,9 +46,6 @@ from .s3 import (
     sweep_uploads,
     upload_archive,
 )
-from .settings import Settings
-from .sites import SITE_NAME_RE, Site
-from .wpconfig import wordpress_version
 
 STAGES = ("dump", "tar", "compress", "upload", "catalog")
 
@@ -451,7 +454,7 @@ def compress_stage(settings: Settings, site: Site, run: Run) -> dict:
             raise BackupError(f"{files_part} is missing: the run's intermediates were removed")
         archive.write_sidecar(target, sha256)
         if plan and part_sums:  # the upload's part checksums, computed while the archive was written
-            archive.write_atomic(run.folder / PART_SUMS, json.dumps(
+            write_atomic(run.folder / PART_SUMS, json.dumps(
                 {"sha256": sha256, "size": size, "part_size": plan.part_size, "algorithm": plan.algorithm,
                  "sums": part_sums}).encode())
         receipt = run.write_receipt("compress", {"archive": target.name, "sha256": sha256, "size": size})
@@ -597,56 +600,6 @@ def upload_stage(settings: Settings, site: Site, run: Run) -> dict:
                                    f"({result.verified_by}){resumed} in {progress.elapsed:.1f}s{slow}")
         return receipt
     return guarded("upload", settings, site, run, work)
-
-
-def local_archives(settings: Settings, site_name: str) -> list[str]:
-    """A site's archives in BACKUP_DIR, oldest first (names sort by their UTC stamps)."""
-    pattern = re.compile(re.escape(site_name) + r"-backup-\d{8}-\d{6}\.tar\.zst")
-    return sorted(p.name for p in settings.backup_dir.glob(f"{site_name}-backup-*.tar.zst")
-                  if pattern.fullmatch(p.name))
-
-
-def waiting_uploads(settings: Settings, site_name: str) -> list[str]:
-    """Local archives of a site that never reached S3 (no s3_archives row), in S3 mode: the
-    open run's archive until its upload succeeds, and those of runs abandoned meanwhile."""
-    if not settings.s3_enabled:
-        return []
-    sent = catalog.archived_names(settings.db_path, settings.server_id, site_name)
-    return [name for name in local_archives(settings, site_name) if name not in sent]
-
-
-def local_excess(settings: Settings, site_name: str) -> list[str]:
-    """Local archives of a site beyond the newest LOCAL_KEEP, oldest first, that may go.
-
-    Every local archive counts, uploaded or not: a week of S3 outage must not leave a week of
-    full archives on the disk (the newest LOCAL_KEEP stay, so the newest always does). The one
-    exception is an archive whose S3 copy failed the latest `verify --remote`: the local one may
-    be the only good copy, so it stays beyond LOCAL_KEEP."""
-    excess = local_archives(settings, site_name)[:-settings.local_keep]
-    if not excess:
-        return []
-    damaged = catalog.failed_s3_verifications(settings.db_path, settings.server_id, site_name)
-    return [name for name in excess if name not in damaged]
-
-
-def remove_local(settings: Settings, names: list[str]) -> list[str]:
-    """Delete archives (and their .sha256) from BACKUP_DIR; returns the names now gone. One
-    that cannot be deleted is warned about and left: the next LOCAL_KEEP tries again."""
-    removed = []
-    for name in names:
-        try:
-            for path in (settings.backup_dir / name, settings.backup_dir / f"{name}.sha256"):
-                path.unlink(missing_ok=True)
-        except OSError as exc:
-            log.warning("could not remove %s from %s: %s", name, settings.backup_dir, exc.strerror)
-        else:
-            removed.append(name)
-    return removed
-
-
-def apply_local_keep(settings: Settings, site: Site, current: str) -> list[str]:
-    """Apply LOCAL_KEEP to a site's local archives (never removing ``current``, this run's)."""
-    return remove_local(settings, [name for name in local_excess(settings, site.name) if name != current])
 
 
 def keep_local(settings: Settings, site: Site, run: Run, current: str) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
-from .runs import parse_stamp
+from wpbackup.backup.runs import parse_stamp
 
 PERIODS: dict[str, Callable[[datetime], object]] = {
     "daily": lambda d: d.date(),

@@ -27,9 +27,19 @@ from pathlib import Path
 
 import zstandard
 
-from .errors import BackupError, disk_error
-from .tarstream import CHUNK, TreeStats, bytes_member, end_of_archive, header, padding, write_file, write_tree
-from .writeback import Pacer
+from wpbackup.atomic import write_atomic
+from wpbackup.backup.tarstream import (
+    CHUNK,
+    TreeStats,
+    bytes_member,
+    end_of_archive,
+    header,
+    padding,
+    write_file,
+    write_tree,
+)
+from wpbackup.backup.writeback import Pacer
+from wpbackup.errors import BackupError, disk_error
 
 # sha256 (and part checksum) state of a files part written by this process, so compress need
 # not read it again.
@@ -329,19 +339,3 @@ def write_sidecar(archive: Path, sha256: str) -> Path:
     sidecar = archive.with_name(archive.name + ".sha256")
     write_atomic(sidecar, f"{sha256}  {archive.name}\n".encode())
     return sidecar
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write a small file under a temporary name and rename it into place."""
-    partial = path.with_name(path.name + ".tmp")
-    try:
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(partial, path)
-    except OSError as exc:
-        if partial.exists():
-            partial.unlink()
-        raise disk_error(path, exc) from None

@@ -11,7 +11,7 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .errors import BackupError
+from wpbackup.errors import BackupError
 
 _held: dict[str, int] = {}
 

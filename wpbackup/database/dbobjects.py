@@ -16,8 +16,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import BackupError
-from .mysql import Session, quote_identifier
+from wpbackup.database.mysql import Session, quote_identifier
+from wpbackup.errors import BackupError
 
 
 def q(name: str) -> str:

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from . import catalog
-from .console import human_bytes
-from .settings import Settings
-from .sites import Site
-from .steps import waiting_uploads
+from wpbackup.config.settings import Settings
+from wpbackup.config.sites import Site
+from wpbackup.console import human_bytes
+from wpbackup.fleet import catalog
+from wpbackup.retention.local import waiting_uploads
 
 #: A last stamp further ahead of this server's clock than this is not "fresh" but a sign that
 #: a clock is wrong (this one now, or the one that took the backup); a little skew between

@@ -16,11 +16,11 @@ import shutil
 import subprocess
 from dataclasses import dataclass, replace
 
-from .dbobjects import literal, q
-from .errors import BackupError
-from .mysql import ServerError, Session, where
-from .sites import DbSettings
-from .wpconfig import DbHost
+from wpbackup.config.sites import DbSettings
+from wpbackup.config.wpconfig import DbHost
+from wpbackup.database.dbobjects import literal, q
+from wpbackup.database.mysql import ServerError, Session, where
+from wpbackup.errors import BackupError
 
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 

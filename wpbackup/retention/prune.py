@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 
 from botocore.exceptions import ClientError
 
-from . import catalog, s3
-from .errors import BackupError
-from .retention import keep_reasons
-from .s3 import describe
-from .settings import Settings
+from wpbackup.config.settings import Settings
+from wpbackup.errors import BackupError
+from wpbackup.fleet import catalog
+from wpbackup.retention.retention import keep_reasons
+from wpbackup.storage import s3
+from wpbackup.storage.s3 import describe
 
 BATCH = 1000
 

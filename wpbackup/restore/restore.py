@@ -35,20 +35,20 @@ from pathlib import Path
 
 import zstandard
 
-from . import catalog
-from .children import spawn, stopping, tracked
-from .console import Progress, human_bytes, log
-from .dblogin import admin_login
-from .dbswap import DatabaseSide, Stopped, StreamLoad, check_stop, open_database
-from .errors import BackupError, disk_error
-from .fileswap import FilesPlan, FilesSwap, plan_files
-from .members import MemberCheck
-from .mysql import option_file
-from .reader import CHUNK, HashingReader, sidecar_sha256
-from .s3 import make_client
-from .settings import Settings
-from .sites import DbSettings, Site
-from .zstdframes import member_frame, open_member_at
+from wpbackup.backup.children import spawn, stopping, tracked
+from wpbackup.config.settings import Settings
+from wpbackup.config.sites import DbSettings, Site
+from wpbackup.console import Progress, human_bytes, log
+from wpbackup.database.dblogin import admin_login
+from wpbackup.database.mysql import option_file
+from wpbackup.errors import BackupError, disk_error
+from wpbackup.fleet import catalog
+from wpbackup.restore.dbswap import DatabaseSide, Stopped, StreamLoad, check_stop, open_database
+from wpbackup.restore.fileswap import FilesPlan, FilesSwap, plan_files
+from wpbackup.restore.members import MemberCheck
+from wpbackup.storage.reader import CHUNK, HashingReader, sidecar_sha256
+from wpbackup.storage.s3 import make_client
+from wpbackup.storage.zstdframes import member_frame, open_member_at
 
 DB_NAME_RE = re.compile(r"^[A-Za-z0-9_$-]{1,64}$")
 UNDO_SECONDS = 120  # how long a SIGTERMed process waits for a restore to undo its changes

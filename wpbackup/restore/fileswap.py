@@ -21,9 +21,9 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .console import log
-from .errors import BackupError
-from .wpconfig import find_wp_config
+from wpbackup.config.wpconfig import find_wp_config
+from wpbackup.console import log
+from wpbackup.errors import BackupError
 
 FS_IOC_GETFLAGS = 0x80086601
 PINNED_FLAGS = 0x10 | 0x20  # FS_IMMUTABLE_FL, FS_APPEND_FL: not even root may rename such an entry

@@ -36,8 +36,8 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from .children import stopping
-from .errors import BackupError
+from wpbackup.backup.children import stopping
+from wpbackup.errors import BackupError
 
 MIB = 1 << 20
 DEFAULT_PART = 8 * MIB

@@ -1,0 +1,3 @@
+"""The work behind `doit backup`: the stages (steps), runs and receipts (runs), the tar stream
+and the two-piece archive (tarstream, archive), write-out pacing, the lock, child processes.
+"""
