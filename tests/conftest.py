@@ -103,7 +103,7 @@ class Install:
         from wpbackup.config.settings import ENVIRONMENT_KEYS
 
         env = {k: v for k, v in os.environ.items()
-               if k not in ENVIRONMENT_KEYS and not k.startswith(("S3_", "D1_", "AWS_"))}
+               if k not in ENVIRONMENT_KEYS and not k.startswith(("S3_", "D1_", "AWS_", "MYSQL_", "MARIADB_"))}
         env.update(WPBACKUP_ENV=str(self.env_path), PYTHONUNBUFFERED="1", **(extra or {}))
         return env
 

@@ -319,3 +319,17 @@ def test_the_database_name_leaves_alter_database_in_any_chunking(size):
     out = b"".join(names.feed(dump[i:i + size]) for i in range(0, len(dump), size)) + names.close()
     assert out == dump.replace(b"\nALTER DATABASE `my``db` ", b"\nALTER DATABASE ")
     assert out.count(b"`my``db`") == 1
+
+
+def test_a_database_name_that_looks_like_an_option_is_refused(install, wordpress, tmp_path):
+    """DB_NAME '--host=elsewhere' must never reach a client's argv as an option."""
+    root = make_site(tmp_path, wordpress)
+    config = root / "wp-config.php"
+    config.write_text(config.read_text().replace(f"define('DB_NAME', '{wordpress.db_name}')",
+                                                 "define('DB_NAME', '--host=elsewhere')"))
+    install.sites.append({"name": "dash", "path": str(root)})
+    result = install.doit("backup")
+    out = result.stdout + result.stderr
+    assert result.returncode != 0 and "Traceback" not in out
+    assert "starts with '-', which a database client would read as an option" in out
+    assert install.archives() == []

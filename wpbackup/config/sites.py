@@ -183,6 +183,8 @@ def db_value_problem(key: str, value: str) -> str | None:
         return "is empty (leave the key out, or null, to read it from wp-config.php)"
     if _CONTROL_RE.search(value):
         return f"{shown(value)} holds a control character such as a line break"
+    if key in ("name", "user", "host") and value.startswith("-"):
+        return f"{shown(value)} starts with '-', which a database client would read as an option"
     if key == "socket":
         why = path_problem(value) or ("" if value.startswith("/") else "must be an absolute path")
         if not why and len(os.fsencode(value)) > SOCKET_MAX:

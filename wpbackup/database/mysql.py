@@ -125,7 +125,7 @@ def run_query(db: DbSettings, sql: str, options: str | None = None) -> list[list
 
     def run(path: str) -> list[list[str]]:
         argv = [client_binary(), f"--defaults-file={path}", "--batch", "--skip-column-names",
-                "--raw", *([] if piped else ["-e", sql]), db.name]
+                "--raw", *([] if piped else ["-e", sql]), "--", db.name]  # a name is never an option
         result = subprocess.run(argv, input=sql if piped else None, capture_output=True, text=True,
                                 timeout=3600)
         if result.returncode != 0:
@@ -275,7 +275,7 @@ def may_list_events(db: DbSettings, options: str) -> bool:
     """Whether this user may run SHOW EVENTS, which `--events` does first: a WordPress user
     without the EVENT privilege would otherwise fail every dump."""
     result = subprocess.run([client_binary(), f"--defaults-file={options}", "--batch", "-e", "SHOW EVENTS",
-                             db.name], capture_output=True, text=True, timeout=600)
+                             "--", db.name], capture_output=True, text=True, timeout=600)
     if result.returncode == 0:
         return True
     if re.search(r"\b1044\b", result.stderr):
@@ -517,7 +517,7 @@ class Session:
     def __init__(self, db: DbSettings, options: str, action: str = "change the database"):
         self.db, self.options, self.action = db, options, action
         argv = [client_binary(), f"--defaults-file={options}", "--batch", "--skip-column-names", "--unbuffered",
-                "--max-allowed-packet=1G", db.name]
+                "--max-allowed-packet=1G", "--", db.name]
         # bytes, split on b"\n" only: a carriage return inside a definition must survive
         self.proc = spawn(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.count = 0

@@ -127,7 +127,8 @@ def _keep_stderr(stream, keep: list[bytes]) -> None:
 
 
 def load_argv(options: str, database: str) -> list[str]:
-    return [client_binary(), f"--defaults-file={options}", "--batch", "--max-allowed-packet=1G", database]
+    """The client's argv for a load; ``--`` first, so no database name is read as an option."""
+    return [client_binary(), f"--defaults-file={options}", "--batch", "--max-allowed-packet=1G", "--", database]
 
 
 class StreamLoad:

@@ -50,7 +50,7 @@ from wpbackup.storage.reader import CHUNK, HashingReader, sidecar_sha256
 from wpbackup.storage.s3 import make_client
 from wpbackup.storage.zstdframes import member_frame, open_member_at
 
-DB_NAME_RE = re.compile(r"^[A-Za-z0-9_$-]{1,64}$")
+DB_NAME_RE = re.compile(r"[A-Za-z0-9_$][A-Za-z0-9_$-]{0,63}")  # fullmatch; no leading "-"
 UNDO_SECONDS = 120  # how long a SIGTERMed process waits for a restore to undo its changes
 
 
