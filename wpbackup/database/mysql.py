@@ -376,7 +376,7 @@ class DatabaseNameFilter:
         return held
 
 
-def _drain(stream, keep: list[bytes]) -> None:
+def drain_stderr(stream, keep: list[bytes]) -> None:
     """Read a child's stderr to the end (so it never blocks), keeping the first 64 KiB."""
     kept = 0
     while chunk := stream.read(8192):
@@ -453,7 +453,7 @@ def dump_database(db: DbSettings, target: Path, progress: Callable[[int], None] 
             with os.fdopen(fd, "wb") as out, tracked(spawn(
                 argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE
             )) as proc:
-                reader = threading.Thread(target=_drain, args=(proc.stderr, errors), daemon=True)
+                reader = threading.Thread(target=drain_stderr, args=(proc.stderr, errors), daemon=True)
                 reader.start()
                 copied = _copy_dump(proc.stdout, out, db, progress)
                 code = proc.wait()

@@ -111,16 +111,23 @@ def schema_statements(types: dict[str, list[tuple[str, str]]]) -> list[tuple[str
     return statements
 
 
+def _update_where_changed(table: str, names: list[str]) -> tuple[str, str]:
+    """An upsert's SET list (every column but uid) and the condition that some value differs,
+    so an unchanged row is not written again (and gets no new stamp)."""
+    updates = ", ".join(f"{name} = excluded.{name}" for name in names if name != "uid")
+    ours = ", ".join(f"{table}.{name}" for name in names)
+    theirs = ", ".join(f"excluded.{name}" for name in names)
+    return updates, f"({ours}) IS NOT ({theirs})"
+
+
 def upsert_statement(table: str, names: list[str], rows: int) -> str:
     """Insert ``rows`` rows, or update each existing one of the same uid and server where a
     value differs; every row gets the request's stamp."""
     one = f"({', '.join('?' * len(names))}, {STAMP})"
-    updates = ", ".join(f"{name} = excluded.{name}" for name in names if name != "uid")
-    ours = ", ".join(f"{table}.{name}" for name in names)
-    theirs = ", ".join(f"excluded.{name}" for name in names)
+    updates, differs = _update_where_changed(table, names)
     return (f"INSERT INTO {table} ({', '.join(names)}, fleet_seq) VALUES {', '.join([one] * rows)} "
             f"ON CONFLICT(uid) DO UPDATE SET {updates}, fleet_seq = excluded.fleet_seq "
-            f"WHERE {table}.server_id IS excluded.server_id AND ({ours}) IS NOT ({theirs})")
+            f"WHERE {table}.server_id IS excluded.server_id AND {differs}")
 
 
 def pull_statements(table: str, names: list[str], mark: tuple[int, int], server_id: str | None):
@@ -357,9 +364,7 @@ class _Sync:
     def _upsert_local(self, table: str) -> str:
         """Another server's row: inserted, or updated where it differs; never one of ours."""
         names = self.names[table]
-        updates = ", ".join(f"{name} = excluded.{name}" for name in names if name != "uid")
-        ours = ", ".join(f"{table}.{name}" for name in names)
-        theirs = ", ".join(f"excluded.{name}" for name in names)
+        updates, differs = _update_where_changed(table, names)
         return (f"INSERT INTO {table} ({', '.join(names)}, change_seq) VALUES ({', '.join('?' * len(names))}, 0) "
                 f"ON CONFLICT(uid) DO UPDATE SET {updates} WHERE {table}.server_id IS excluded.server_id "
-                f"AND excluded.server_id IS NOT ? AND ({ours}) IS NOT ({theirs})")
+                f"AND excluded.server_id IS NOT ? AND {differs}")

@@ -50,7 +50,7 @@ from wpbackup.database.dbobjects import (
     q,
     read_definitions,
 )
-from wpbackup.database.mysql import CHUNK, ServerError, Session, client_binary, explain, where
+from wpbackup.database.mysql import CHUNK, ServerError, Session, client_binary, drain_stderr, explain, where
 from wpbackup.errors import BackupError, disk_error
 
 SANDBOX_PREFIX = b"/*M!999999\\- enable the sandbox mode"
@@ -118,14 +118,6 @@ def _strip_sandbox(chunk: bytes) -> bytes:
     return chunk
 
 
-def _keep_stderr(stream, keep: list[bytes]) -> None:
-    kept = 0
-    while chunk := stream.read(8192):
-        if kept < 1 << 16:
-            keep.append(chunk)
-            kept += len(chunk)
-
-
 def load_argv(options: str, database: str) -> list[str]:
     """The client's argv for a load; ``--`` first, so no database name is read as an option."""
     return [client_binary(), f"--defaults-file={options}", "--batch", "--max-allowed-packet=1G", "--", database]
@@ -152,7 +144,7 @@ class StreamLoad:
         errors: list[bytes] = []
         with tracked(spawn(load_argv(self.options, self.db.name), stdin=subprocess.PIPE,
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)) as proc:
-            drain = threading.Thread(target=_keep_stderr, args=(proc.stderr, errors), daemon=True)
+            drain = threading.Thread(target=drain_stderr, args=(proc.stderr, errors), daemon=True)
             drain.start()
             views = self.views
             try:
@@ -537,7 +529,7 @@ class AsideSwap(DatabaseSide):
             errors: list[bytes] = []
             with tracked(spawn(load_argv(self.options, self.live), stdin=fd, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE)) as proc:
-                drain = threading.Thread(target=_keep_stderr, args=(proc.stderr, errors), daemon=True)
+                drain = threading.Thread(target=drain_stderr, args=(proc.stderr, errors), daemon=True)
                 drain.start()
                 code = proc.wait()
                 drain.join(timeout=5)
