@@ -12,6 +12,7 @@ from .backup import task_backup, task_catalog, task_compress, task_dump, task_ta
 from .catalog_sync import task_sync
 from .context import CONTEXT
 from .prune import task_prune
+from .report import task_report
 from .reporter import SummaryReporter
 from .restore import task_restore, task_verify
 from .status import task_status
@@ -33,5 +34,5 @@ DOIT_CONFIG = {
 
 __all__ = [
     "DOIT_CONFIG", "task_backup", "task_catalog", "task_compress", "task_dump", "task_status",
-    "task_sync", "task_tar", "task_upload", "task_restore", "task_verify", "task_prune",
+    "task_sync", "task_tar", "task_upload", "task_restore", "task_verify", "task_prune", "task_report",
 ]

@@ -10,7 +10,6 @@ from doit.exceptions import TaskFailed
 
 from wpbackup.backup import steps
 from wpbackup.errors import BackupError
-from wpbackup.fleet.status import status_lines
 
 from .context import CONTEXT
 
@@ -35,16 +34,3 @@ def run_stage(stage: str, site_name: str):
 def stage_done(task, values, site_name: str, stage: str) -> bool:
     """Up to date when this run already holds the stage's receipt (doit's DB not needed)."""
     return CONTEXT.runs[site_name].receipt(stage) is not None
-
-
-def show_status():
-    """Print the status table; fail when a site has no recent enough success."""
-    lines, healthy = status_lines(CONTEXT.settings, CONTEXT.sites)
-    print("\n".join(lines))
-    if not healthy:
-        return TaskFailed(
-            f"a site has no successful backup newer than BACKUP_MAX_AGE_HOURS="
-            f"{CONTEXT.settings.backup_max_age_hours:g}, its latest backup is incomplete, or its last stamp lies "
-            "in the future (clock?)"
-        )
-    return True

@@ -14,6 +14,7 @@ from doit.exceptions import TaskFailed
 from wpbackup.console import log
 from wpbackup.errors import BackupError
 from wpbackup.fleet import catalog
+from wpbackup.fleet.notify import Alert, send_alerts
 from wpbackup.restore.restore import Request, finish_before_exit, restore
 from wpbackup.restore.verify import verify_archive
 
@@ -90,13 +91,15 @@ def restored_line(summary: dict) -> str:
 
 def verify_action(site, all_, remote, restore_test_):
     """Verify archives of every (or one) site; fail if any check fails. Each verdict goes to
-    the catalog as a line whose columns say which copy passed or failed (prune reads those)."""
+    the catalog as a line whose columns say which copy passed or failed (prune reads those);
+    each failed check is also an alert to NOTIFY_URLS, sent at the end, all together."""
     settings = CONTEXT.settings
     try:
         sites = [_site(site)] if site else CONTEXT.enabled
     except BackupError as exc:
         return TaskFailed(str(exc))
     failures = 0
+    alerts: list[Alert] = []
     for chosen in sites:
         rows = [r for r in catalog.successes(settings.db_path, chosen.name) if r["server_id"] == settings.server_id]
         if not rows:
@@ -109,6 +112,9 @@ def verify_action(site, all_, remote, restore_test_):
             _record("INFO" if verdict.ok else "ERROR", chosen.name, verdict.message, row["archive_name"],
                     verdict.results())
             print(f"{chosen.name}: {verdict.message}")
+            if not verdict.ok:
+                alerts.append(Alert("verify_failed", settings.server_id, chosen.name, verdict.message))
+    send_alerts(settings, alerts)
     return TaskFailed(f"{failures} archive check(s) failed") if failures else True
 
 

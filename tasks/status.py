@@ -1,10 +1,42 @@
-"""`status`: read-only view of the catalog; exits non-zero when a site's backup is too old."""
+"""`status`: read-only view of the fleet's health; exits non-zero when a site failed, is
+stale or incomplete, so that cron and Nagios-style checks can run it as it is.
+
+    doit status            the table
+    doit status --json     one JSON document (servers, and one object per server and site)
+"""
 
 from __future__ import annotations
 
-from .actions import show_status
+from doit.exceptions import TaskFailed
+
+from wpbackup.fleet.status import status_json, status_lines
+
+from .context import CONTEXT
+
+
+def show_status(json: bool = False):
+    """Print the table (or the JSON); fail when a site needs attention."""
+    if json:
+        text, healthy = status_json(CONTEXT.settings, CONTEXT.sites)
+        print(text)
+    else:
+        lines, healthy = status_lines(CONTEXT.settings, CONTEXT.sites)
+        print("\n".join(lines))
+    if not healthy:
+        return TaskFailed(
+            f"a site failed, has no successful backup newer than BACKUP_MAX_AGE_HOURS="
+            f"{CONTEXT.settings.backup_max_age_hours:g}, its latest backup is incomplete, its last stamp lies "
+            "in the future (clock?), or a server went silent"
+        )
+    return True
 
 
 def task_status():
-    """Show each site's last successful backup, its age, size and where it is stored."""
-    return {"actions": [show_status], "uptodate": [False], "verbosity": 2}
+    """Show every site of the fleet: last success, age, size, where stored, state (--json)."""
+    return {
+        "actions": [show_status],
+        "params": [{"name": "json", "long": "json", "type": bool, "default": False,
+                    "help": "print one JSON document for machines instead of the table"}],
+        "uptodate": [False],
+        "verbosity": 2,
+    }

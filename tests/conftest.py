@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from .servers import MariaDB, MotoS3, WordPress
+from .smtp import smtp, smtp_servers  # noqa: F401 (fixtures for every test module)
 
 REPO = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI") == "true"
@@ -138,16 +139,21 @@ def install(tmp_path):
 
 @pytest.fixture
 def pings():
-    """A healthcheck endpoint on 127.0.0.1: ``.url`` to configure, ``.seen`` the paths pinged."""
+    """A healthcheck endpoint on 127.0.0.1: ``.url`` to configure, ``.seen`` the paths pinged
+    (without their query), ``.requests`` each ping as (path, query as a dict, body text)."""
     import threading
     from http.server import BaseHTTPRequestHandler, HTTPServer
+    from urllib.parse import parse_qs, urlsplit
 
     seen: list[str] = []
+    requests: list[tuple[str, dict[str, list[str]], str]] = []
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            seen.append(self.path)
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            parts = urlsplit(self.path)
+            requests.append((parts.path, parse_qs(parts.query), body.decode("utf-8", "replace")))
+            seen.append(parts.path)
             self.send_response(200)
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -158,6 +164,7 @@ def pings():
     server = HTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     server.url, server.seen = f"http://127.0.0.1:{server.server_address[1]}/ping/abc", seen
+    server.requests = requests
     yield server
     server.shutdown()
     server.server_close()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from wpbackup.backup.tarstream import is_excluded
-from wpbackup.config.settings import KEYS, default_server_id, load_settings
+from wpbackup.config.settings import KEYS, default_server_id, env_file_path, load_settings
 from wpbackup.config.sites import Site, load_sites
 from wpbackup.config.wpconfig import DbHost, find_wp_config, parse_db_host, parse_wp_config
 from wpbackup.errors import BackupError, ConfigError
@@ -193,6 +193,16 @@ def test_part_of_the_d1_settings_names_the_missing_ones(tmp_path):
     assert "tok-value-9" not in problem
 
 
+@pytest.mark.parametrize("text, expected", [
+    ("SMTP_HOST=mail.example.com\n", "REPORT_TO: not set, while SMTP_HOST is"),
+    ("SMTP_USERNAME=me@example.com\nSMTP_PASSWORD=Mail-pw-77\n", "SMTP_HOST: not set, while SMTP_USERNAME is"),
+    ("SMTP_PASSWORD=Mail-pw-77\n", "SMTP_HOST: not set, while SMTP_PASSWORD is"),
+])
+def test_mail_settings_that_cannot_send_a_report_are_refused(tmp_path, text, expected):
+    [problem] = _problems(tmp_path, text)
+    assert expected in problem and "Mail-pw-77" not in problem
+
+
 @pytest.mark.parametrize("key, value, expected", [
     ("SMTP_SECURITY", "tls", "expected starttls or ssl or none"),
     ("NOTIFY_ON", "success", "expected failure or all"),
@@ -233,7 +243,8 @@ def test_bad_value_from_the_environment_says_so(tmp_path):
 
 def test_bad_secret_is_never_echoed(tmp_path):
     problems = _problems(tmp_path, 'S3_BUCKET=wp-backups\nS3_ACCESS_KEY_ID=AKIA1\n'
-                                   'S3_SECRET_ACCESS_KEY="my secret\\tvalue"\nSMTP_PASSWORD="pw\\nline"\n')
+                                   'S3_SECRET_ACCESS_KEY="my secret\\tvalue"\nSMTP_PASSWORD="pw\\nline"\n'
+                                   'SMTP_HOST=mail.example.com\nREPORT_TO=ops@example.com\n')
     assert len(problems) == 2
     assert not any("my secret" in p or "pw" in p.split(": ", 2)[-1] for p in problems)
 
@@ -498,3 +509,11 @@ def test_missing_value_mentions_an_included_file(tmp_path):
     with pytest.raises(BackupError, match="db.name, db.user not set in sites.json and not found in .* "
                                           r"\(it includes other files, line 1"):
         Site(name="blog", path=tmp_path).database()
+
+
+def test_without_wpbackup_env_the_env_file_is_the_one_beside_dodo_py(tmp_path):
+    """The contract's default: `.env` next to dodo.py, whatever the current folder is."""
+    repo = Path(__file__).resolve().parent.parent
+    assert (repo / "dodo.py").exists()
+    assert env_file_path({}) == repo / ".env"
+    assert env_file_path({"WPBACKUP_ENV": str(tmp_path / "x.env")}) == tmp_path / "x.env"

@@ -32,3 +32,11 @@ def acquire(path: Path) -> None:
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     os.pwrite(fd, f"pid {os.getpid()}, started {started}\n".encode(), 0)
     _held[str(path)] = fd
+
+
+def release(path: Path) -> None:
+    """Give the lock back before the process ends (`doit report` holds it only for its sync,
+    so that a backup starting meanwhile is not turned away while the mail goes out)."""
+    fd = _held.pop(str(path), None)
+    if fd is not None:
+        os.close(fd)

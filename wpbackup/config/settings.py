@@ -30,7 +30,7 @@ from dotenv.parser import parse_stream
 from wpbackup.errors import ConfigError
 
 SERVER_ID_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")  # always matched whole (fullmatch)
-PROJECT_DIR = Path(__file__).resolve().parent.parent
+PROJECT_DIR = Path(__file__).resolve().parents[2]  # the install: dodo.py, tasks/, templates/, wpbackup/
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ KEYS: tuple[Key, ...] = (
     Key("DEPLOY_SSH_KEY", "text"),
     Key("DEPLOY_KNOWN_HOSTS", "text"),
     Key("HEALTHCHECK_URL", "url"),
-    Key("NOTIFY_URLS", "urls"),
+    Key("NOTIFY_URLS", "urls", secret=True),
     Key("NOTIFY_ON", "choice", "failure", choices=("failure", "all")),
 )
 BY_NAME = {key.name: key for key in KEYS}
@@ -276,7 +276,8 @@ def _urls(key: Key, text: str) -> tuple[str, ...]:
     items = tuple(item.strip() for item in text.split(","))
     for item in items:
         if not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*://\S+", item):
-            raise ValueError(f"expected comma-separated URLs (scheme://...), got {shown(item)}")
+            got = "an item that is not one" if key.secret else shown(item)  # NOTIFY_URLS hold tokens
+            raise ValueError(f"expected comma-separated URLs (scheme://...), got {got}")
     return items
 
 
@@ -478,6 +479,14 @@ def check_together(values: dict[str, str], where: str, problems: list[str]) -> N
         missing = [name for name in D1_SETTINGS if name not in d1]
         problems.append(f"{where}: {', '.join(missing)}: not set, while {', '.join(d1)} "
                         f"{'is' if len(d1) == 1 else 'are'}: set all three for the fleet catalog, or none")
+    if values.get("SMTP_HOST") and not values.get("REPORT_TO"):
+        problems.append(f"{where}: REPORT_TO: not set, while SMTP_HOST is: the daily report needs at least one "
+                        "recipient (comma-separated addresses), or remove SMTP_HOST to write it under "
+                        "BACKUP_DIR/reports/")
+    if (values.get("SMTP_USERNAME") or values.get("SMTP_PASSWORD")) and not values.get("SMTP_HOST"):
+        problems.append(f"{where}: SMTP_HOST: not set, while "
+                        f"{'SMTP_USERNAME' if values.get('SMTP_USERNAME') else 'SMTP_PASSWORD'} is: set the mail "
+                        "server to send the report by email")
 
 
 def resolve_path(name: str, parsed: dict[str, object], env_path: Path, where: str,

@@ -15,8 +15,9 @@ from contextlib import closing
 from datetime import datetime, timezone
 from pathlib import Path
 
-SCHEMA_VERSION = 4  # 2: backup_log.incomplete; 3: change_seq per row and sync_state (fleet sync);
-#                     4: verify results as columns (verified_local, verified_s3, restore_tested)
+SCHEMA_VERSION = 5  # 2: backup_log.incomplete; 3: change_seq per row and sync_state (fleet sync);
+#                     4: verify results as columns (verified_local, verified_s3, restore_tested);
+#                     5: alerts_sent (stale alerts already sent; local, never synced)
 STATUSES = ("START", "INFO", "SUCCESS", "ERROR", "FATAL")
 
 _TABLES = {
@@ -79,6 +80,7 @@ def migrate(conn: sqlite3.Connection) -> None:
         track_changes(conn)
         if version < 4:
             _verify_results_from_text(conn)
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {ALERTS_SENT} (key TEXT PRIMARY KEY, sent_at DATETIME)")
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
@@ -224,6 +226,9 @@ def archived_names(path: Path, server_id: str, site: str) -> set[str]:
 #: Local bookkeeping of the D1 sync: the change counter the triggers below draw from and the
 #: sync's marks (what was pushed and pulled last); see wpbackup/fleet/sync.py.
 SYNC_STATE = "sync_state"
+#: one row per staleness episode already alerted (wpbackup/fleet/notify.py). This server's own
+#: memory, outside _TABLES: no uid, no change_seq, never sent to D1.
+ALERTS_SENT = "alerts_sent"
 
 
 def track_changes(conn: sqlite3.Connection) -> None:

@@ -1,90 +1,96 @@
-"""`doit status`: per site, the last successful backup, its age, size, where it is, and how
-many of this server's local archives are still waiting for their upload (S3 mode); a site
-whose latest attempt failed shows FAILED with the error. With the D1 sync on, the other
-servers' sites are listed too (their rows are pulled into the local catalog)."""
+"""`doit status`: the fleet's health (wpbackup/fleet/health.py) as a table for people or as
+JSON for machines (Nagios-style checks, cron), with the same verdicts as the daily report.
+
+Per server and site: the last successful backup, its age, size, where it is stored, how many
+of this server's local archives still wait for their upload (S3 mode), and the state: OK,
+FAILED (with the error), INCOMPLETE, STALE / NO BACKUP, CLOCK?. With the D1 sync on, the other
+servers' sites are listed too (their rows are pulled into the local catalog).
+"""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+import json
+from datetime import datetime
 
 from wpbackup.config.settings import Settings
 from wpbackup.config.sites import Site
 from wpbackup.console import human_bytes
-from wpbackup.fleet import catalog
+from wpbackup.fleet.health import FleetHealth, SiteHealth, fleet_health, parse_time
 from wpbackup.retention.local import waiting_uploads
 
-#: A last stamp further ahead of this server's clock than this is not "fresh" but a sign that
-#: a clock is wrong (this one now, or the one that took the backup); a little skew between
-#: servers of a fleet is normal.
-FUTURE_SLACK = timedelta(minutes=5)
+#: SiteHealth fields holding catalog times, given to machines as ISO 8601 UTC
+TIME_FIELDS = ("last_success", "archive_time", "last_verified", "last_restore_test", "last_failure",
+               "last_attempt")
 
 
-def _age_hours(when: str, now: datetime) -> float:
-    """Age of a backup: from its run stamp (when the data was taken) or a catalog timestamp."""
-    fmt = "%Y%m%d-%H%M%S" if ":" not in when else "%Y-%m-%d %H:%M:%S"
-    moment = datetime.strptime(when, fmt).replace(tzinfo=timezone.utc)
-    return (now - moment).total_seconds() / 3600
+def current_health(settings: Settings, sites: list[Site], at: datetime | None = None) -> FleetHealth:
+    """The fleet as of ``at`` (default now), with this server's uploads still waiting."""
+    waiting = (lambda name: len(waiting_uploads(settings, name))) if settings.s3_enabled else None
+    return fleet_health(settings, [site.name for site in sites if site.enabled], at, waiting)
 
 
-def _newer(one, other) -> bool:
-    return (one["run_stamp"] or "", one["id"]) > (other["run_stamp"] or "", other["id"])
-
-
-def _failed_after(failure, row) -> bool:
-    """The failure was recorded after the backup ``row`` (or there is none): by the
-    catalog's timestamps, which come from one server's clock for one (server, site)."""
-    return failure is not None and (row is None or (failure["timestamp"] or "", failure["id"])
-                                    > (row["timestamp"] or "", row["id"]))
-
-
-def _failed_state(failure) -> str:
-    details = " ".join((failure["details"] or "").split())
-    return f"FAILED {failure['timestamp']}: {details[:100]}{'...' if len(details) > 100 else ''}"
+def state_text(site: SiteHealth, max_age: float) -> str:
+    """The STATE column: the verdict and, when not OK, the one thing to know about it."""
+    if site.verdict == "FAILED":
+        when = f" {site.last_failure}" if site.last_failure else ""
+        return f"FAILED{when}: {site.reason}"
+    if site.verdict == "INCOMPLETE":
+        return f"INCOMPLETE ({site.incomplete} unreadable) in {site.archive}"
+    if site.verdict == "STALE":
+        return "NO BACKUP" if site.last_success is None else f"STALE (>{max_age:g}h)"
+    if site.verdict == "CLOCK":
+        return "CLOCK? (last stamp in the future)"
+    if site.shrunk:
+        return f"OK, but {-site.change:.0%} smaller than the previous archive"
+    return "OK"
 
 
 def status_lines(settings: Settings, sites: list[Site], now: datetime | None = None) -> tuple[list[str], bool]:
-    """The status table and whether every site has a recent enough success, no newer
-    backup that had to leave files out (INCOMPLETE), and no last stamp in the future (CLOCK?)."""
-    now = now or datetime.now(timezone.utc)
-    last = catalog.last_successes(settings.db_path)
-    newest = catalog.last_successes(settings.db_path, include_incomplete=True)
-    failures = catalog.last_failures(settings.db_path)
-    # AGE counts from the run's stamp: when the data was taken, not when the upload ended
+    """The status table and whether every site is OK (what the exit status says)."""
+    health = current_health(settings, sites, now)
     rows = [("SERVER", "SITE", "LAST SUCCESS (UTC)", "AGE", "SIZE", "STORED", "NOT UPLOADED", "STATE")]
-    healthy = True
-    keys = [(settings.server_id, s.name) for s in sites if s.enabled]
-    # the fleet's other servers (their rows arrive through the D1 sync); this server's
-    # disabled or removed sites are not expected to back up any more
-    keys += sorted(k for k in {*last, *failures} if k not in keys and k[0] != settings.server_id)
-    for server, name in keys:
-        row = last.get((server, name))
-        waiting = str(len(waiting_uploads(settings, name))) if server == settings.server_id and settings.s3_enabled \
-            else "-"
-        if row is None:
-            latest = newest.get((server, name))
-            state = f"INCOMPLETE ({latest['incomplete']} unreadable)" if latest is not None else "NO BACKUP"
-            if _failed_after(failures.get((server, name)), latest):
-                state = _failed_state(failures[(server, name)])
-            rows.append((server, name, "never", "-", "-", "-", waiting, state))
-            healthy = False
-            continue
-        age = _age_hours(row["run_stamp"], now) if row["run_stamp"] else _age_hours(row["timestamp"], now)
-        stored = []
-        if row["s3_key"]:
-            stored.append(f"s3://{row['s3_bucket']}/{row['s3_key']}")
-        if server == settings.server_id and (settings.backup_dir / row["archive_name"]).exists():
-            stored.append(f"local:{settings.backup_dir / row['archive_name']}")
-        state = "OK" if age <= settings.backup_max_age_hours else f"STALE (>{settings.backup_max_age_hours:g}h)"
-        latest = newest.get((server, name))
-        if latest is not None and latest["incomplete"] and _newer(latest, row):
-            state = f"INCOMPLETE ({latest['incomplete']} unreadable in {latest['archive_name']})"
-        if _failed_after(failures.get((server, name)), latest if latest is not None and _newer(latest, row) else row):
-            state = _failed_state(failures[(server, name)])
-        if age < -FUTURE_SLACK.total_seconds() / 3600:  # "fresh" only because a clock is wrong
-            state = "CLOCK? (last stamp in the future)"
-        healthy = healthy and state == "OK"
-        rows.append((server, name, row["timestamp"], f"{age:.1f}h", human_bytes(row["archive_size"] or 0),
-                     " + ".join(stored) or "nowhere (deleted?)", waiting, state))
+    for server in health.servers:
+        if server.silent:
+            rows.append((server.server, "*", server.last_activity or "never", "-", "-", "-", "-",
+                         f"SILENT: no backup run for more than {health.max_age_hours:g}h"))
+        for site in server.sites:
+            age = f"{site.age_hours:.1f}h" if site.age_hours is not None else "-"
+            size = human_bytes(site.size) if site.size is not None and site.last_success else "-"
+            stored = " + ".join(site.stored) or ("nowhere (deleted?)" if site.last_success else "-")
+            waiting = str(site.not_uploaded) if site.not_uploaded is not None else "-"
+            rows.append((site.server, site.site, site.last_success or "never", age, size, stored, waiting,
+                         state_text(site, health.max_age_hours)))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    return lines, healthy
+    return lines, health.healthy
+
+
+def _iso(text: str | None) -> str | None:
+    moment = parse_time(text)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment else None
+
+
+def status_json(settings: Settings, sites: list[Site], now: datetime | None = None) -> tuple[str, bool]:
+    """One JSON document: one object per server and one per (server, site), verdicts included."""
+    health = current_health(settings, sites, now)
+    site_objects = []
+    for site in health.sites:
+        data = site.as_dict()
+        data.update({name: _iso(data[name]) for name in TIME_FIELDS})
+        data["state"] = state_text(site, health.max_age_hours)
+        if site.age_hours is not None:
+            data["age_hours"] = round(site.age_hours, 3)
+        if site.change is not None:
+            data["change"] = round(site.change, 4)
+        site_objects.append(data)
+    document = {
+        "server_id": settings.server_id,
+        "at": health.at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "max_age_hours": health.max_age_hours,
+        "healthy": health.healthy,
+        "servers": [{"server": s.server, "last_activity": _iso(s.last_activity), "silent": s.silent,
+                     "sites": len(s.sites), "failing": sum(site.verdict != "OK" for site in s.sites)}
+                    for s in health.servers],
+        "sites": site_objects,
+    }
+    return json.dumps(document, indent=2), health.healthy
