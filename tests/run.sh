@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(mariadb-server mariadb-client php-cli php-mysql wordpress wordpress-theme-twentytwentythree
-          zstd tar python3-venv ca-certificates restic awscli chromium)
+          zstd tar python3-venv ca-certificates restic awscli chromium openssh-server rsync)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -203,3 +203,11 @@ def test_save_writes_both_files_for_the_owner_only(tmp_path):
     assert sorted(p.name for p in eml.parent.iterdir()) == ["report-2026-12-01.eml", "report-2026-12-01.html"]
     with pytest.raises(BackupError, match="not a date"):
         mail.save(settings, _message(), "", "../../etc/x")
+
+
+def test_the_port_follows_the_security_unless_it_is_set(tmp_path):
+    from wpbackup.fleet.mail import smtp_port
+
+    assert smtp_port(_settings(tmp_path, SMTP_HOST="mail.example.test")) == 587
+    assert smtp_port(_settings(tmp_path, SMTP_HOST="mail.example.test", SMTP_SECURITY="ssl")) == 465
+    assert smtp_port(_settings(tmp_path, SMTP_HOST="mail.example.test", SMTP_SECURITY="ssl", SMTP_PORT="2465")) == 2465

@@ -6,11 +6,10 @@ with its process, so a killed run never leaves a stale lock behind.
 
 from __future__ import annotations
 
-import fcntl
 import os
-from datetime import datetime, timezone
 from pathlib import Path
 
+from wpbackup import flocks
 from wpbackup.errors import BackupError
 
 _held: dict[str, int] = {}
@@ -20,18 +19,10 @@ def acquire(path: Path) -> None:
     """Take the lock or raise BackupError saying who holds it."""
     if str(path) in _held:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-        os.close(fd)
-        raise BackupError(f"a backup run is already in progress ({holder}); not starting another") from None
-    os.ftruncate(fd, 0)
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    os.pwrite(fd, f"pid {os.getpid()}, started {started}\n".encode(), 0)
-    _held[str(path)] = fd
+        _held[str(path)] = flocks.take(path)
+    except flocks.Held as busy:
+        raise BackupError(f"a backup run is already in progress ({busy.holder}); not starting another") from None
 
 
 def release(path: Path) -> None:

@@ -23,14 +23,14 @@ the SELECT in the same request reads back whose token holds it. Times are D1's o
 
 from __future__ import annotations
 
-import fcntl
 import os
 import sqlite3
 import uuid
 from contextlib import closing
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 
+from wpbackup import flocks
 from wpbackup.config.settings import Settings
 from wpbackup.errors import BackupError
 from wpbackup.fleet import catalog
@@ -66,17 +66,10 @@ class _Lock:
     @classmethod
     def take(cls, settings: Settings) -> _Lock | str:
         """The lock, or a sentence naming the process holding it."""
-        path = settings.state_dir / LOCK_NAME
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            return f"another `doit report` of this install is sending a report ({holder}); not sending twice"
-        os.ftruncate(fd, 0)
-        since = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-        os.pwrite(fd, f"pid {os.getpid()}, since {since}\n".encode(), 0)
+            fd = flocks.take(settings.state_dir / LOCK_NAME)
+        except flocks.Held as busy:
+            return f"another `doit report` of this install is sending a report ({busy.holder}); not sending twice"
         return cls(fd)
 
     def release(self) -> None:

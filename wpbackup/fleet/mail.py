@@ -217,6 +217,13 @@ def _transport(exc: BaseException, host: str, where: str, scrub: _Scrubber) -> s
     return f"sending through {where} failed: {scrub(f'{type(exc).__name__}: {exc}')}"
 
 
+def smtp_port(settings: Settings) -> int:
+    """SMTP_PORT when set; else 465 for SMTP_SECURITY=ssl (implicit TLS has its own port), 587."""
+    if (settings.raw.get("SMTP_PORT") or "").strip():
+        return int(settings.value("SMTP_PORT"))
+    return 465 if settings.value("SMTP_SECURITY") == "ssl" else 587
+
+
 def deliver(settings: Settings, message: EmailMessage) -> str:
     """Send through SMTP_HOST to every REPORT_TO recipient; a one-line description of what
     happened ("sent to a@x, b@y through smtp.example.com:587 (starttls)"). Headers missing
@@ -226,7 +233,7 @@ def deliver(settings: Settings, message: EmailMessage) -> str:
     host = settings.value("SMTP_HOST")
     if not host:
         raise BackupError("SMTP_HOST is not set: nothing to send the report through")
-    port, security = int(settings.value("SMTP_PORT")), settings.value("SMTP_SECURITY")
+    port, security = smtp_port(settings), settings.value("SMTP_SECURITY")
     scrub = _Scrubber(settings.value("SMTP_PASSWORD"))
     recipients, sender = _recipients(settings), _sender(settings, message)
     _check_clear_login(settings, host, security)

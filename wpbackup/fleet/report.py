@@ -11,6 +11,7 @@ templates in templates/ (inline styles, no scripts, no remote images).
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -263,7 +264,8 @@ def message(settings: Settings, report: Report, text: str, html: str) -> EmailMe
     """The email: text and HTML alternatives, to every REPORT_TO recipient."""
     mail = EmailMessage()
     mail["Subject"] = report.subject
-    sender = settings.value("REPORT_FROM") or f"wordpress-backup@{settings.server_id}"
+    login = str(settings.value("SMTP_USERNAME") or "")
+    sender = settings.value("REPORT_FROM") or (login if "@" in login else f"wordpress-backup@{socket.getfqdn()}")
     mail["From"] = sender
     mail["To"] = ", ".join(settings.value("REPORT_TO") or ())
     mail["Date"] = formatdate(localtime=False)
