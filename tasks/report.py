@@ -12,6 +12,8 @@ or refuses the login leaves the date unclaimed, so the next run (or another serv
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from doit.exceptions import TaskFailed
 
 from wpbackup.backup import lock
@@ -43,30 +45,53 @@ def _fresh_rows() -> str | None:
     return None
 
 
-def _send(report: Report, force: bool) -> tuple[bool, str] | TaskFailed:
-    """Claim the date, deliver, mark it sent: (whether this run sent it, what happened)."""
+@dataclass
+class Sending:
+    """What became of the report: whether this run holds the day (then the day's stale alerts
+    are its to send, also when the mail server failed), what to print, and whether it failed."""
+
+    owner: bool
+    message: str
+    failed: bool = False
+
+
+def _deliver(report: Report, mail_message, claim: daily.Claim) -> Sending:
+    """Hand the message to the mail server; mark the date sent once it took it."""
+    date = report.window.date
+    try:
+        how = mail.deliver(CONTEXT.settings, mail_message)
+    except mail.PartlySent as exc:  # out to some: the day's report counts as sent
+        _mark_sent(report, claim)
+        return Sending(True, f"report for {date} sent only in part: {exc}; it is marked sent", failed=True)
+    except BackupError as exc:
+        claim.release()
+        also = f" ({claim.warning})" if claim.warning else ""
+        return Sending(True, f"report for {date} not sent: {exc}; nothing was marked sent, the next "
+                             f"`doit report` sends it{also}", failed=True)
+    _mark_sent(report, claim)
+    done = f"report for {date} {how}"
+    return Sending(True, f"{done}\nwarning: {claim.warning}" if claim.warning else done)
+
+
+def _mark_sent(report: Report, claim: daily.Claim) -> None:
+    try:
+        claim.sent(report.backups_in_window)
+    except BackupError as exc:  # the mail is out: say what could not be recorded, do not fail
+        claim.warning = f"{claim.warning}; {exc}" if claim.warning else str(exc)
+
+
+def _send(report: Report, force: bool) -> Sending:
+    """Claim the date, deliver, mark it sent; or write the files without SMTP_HOST."""
     settings = CONTEXT.settings
     text, html = render(report)
     mail_message = message(settings, report, text, html)
     if not settings.value("SMTP_HOST"):
         eml, page = mail.save(settings, mail_message, html, report.window.date)
-        return True, f"report for {report.window.date} written (SMTP_HOST is not set): {eml} and {page}"
+        return Sending(True, f"report for {report.window.date} written (SMTP_HOST is not set): {eml} and {page}")
     claim = daily.claim(settings, report.window.date, force)
     if isinstance(claim, str):  # sent already (or being sent by another server)
-        return False, claim
-    try:
-        how = mail.deliver(settings, mail_message)
-    except BackupError as exc:
-        claim.release()
-        also = f" ({claim.warning})" if claim.warning else ""
-        return TaskFailed(f"report for {report.window.date} not sent: {exc}; nothing was marked sent, "
-                          f"the next `doit report` sends it{also}")
-    done = f"report for {report.window.date} {how}"
-    try:
-        claim.sent(report.backups_in_window)
-    except BackupError as exc:  # the mail is out: say what could not be recorded, do not fail
-        claim.warning = f"{claim.warning}; {exc}" if claim.warning else str(exc)
-    return True, f"{done}\nwarning: {claim.warning}" if claim.warning else done
+        return Sending(False, claim)
+    return _deliver(report, mail_message, claim)
 
 
 def report_action(date: str, force: bool):
@@ -77,17 +102,16 @@ def report_action(date: str, force: bool):
         print(f"warning: {note}")
     try:
         report = build_report(settings, [site.name for site in CONTEXT.enabled], date or None)
+        print(report.subject)
+        outcome = _send(report, force)
     except BackupError as exc:
         return TaskFailed(str(exc))
-    print(report.subject)
-    outcome = _send(report, force)
-    if isinstance(outcome, TaskFailed):
-        return outcome
-    sent, what = outcome
-    print(what)
-    if sent:  # the server that sends the day's report also sends the day's stale alerts
+    if not outcome.failed:
+        print(outcome.message)
+    # the run that holds the day also sends its stale alerts (about now: not for a past --date)
+    if outcome.owner and not date:
         notify.send_alerts(settings, notify.stale_alerts(settings, report.health))
-    return True
+    return TaskFailed(outcome.message) if outcome.failed else True
 
 
 def task_report():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from doit.exceptions import TaskFailed
 
+from wpbackup.errors import BackupError
 from wpbackup.fleet.status import status_json, status_lines
 
 from .context import CONTEXT
@@ -16,12 +17,15 @@ from .context import CONTEXT
 
 def show_status(json: bool = False):
     """Print the table (or the JSON); fail when a site needs attention."""
-    if json:
-        text, healthy = status_json(CONTEXT.settings, CONTEXT.sites)
-        print(text)
-    else:
-        lines, healthy = status_lines(CONTEXT.settings, CONTEXT.sites)
-        print("\n".join(lines))
+    try:
+        if json:
+            text, healthy = status_json(CONTEXT.settings, CONTEXT.sites)
+        else:
+            lines, healthy = status_lines(CONTEXT.settings, CONTEXT.sites)
+            text = "\n".join(lines)
+    except BackupError as exc:  # an unreadable catalog: one line on stderr, stdout stays empty
+        return TaskFailed(str(exc))
+    print(text)
     if not healthy:
         return TaskFailed(
             f"a site failed, has no successful backup newer than BACKUP_MAX_AGE_HOURS="

@@ -260,6 +260,7 @@ def test_urls_are_shown_as_scheme_and_host_only_and_their_tokens_scrubbed():
     text = notify.redact("bot AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw refused chat 987654321", pieces)
     assert "AAHdq" not in text and "987654321" not in text
     assert notify.shown_target(telegram, None) == "tgram://***"
+    assert notify.shown_target(telegram, "tgram://1...w/987654321/?image=False") == "tgram://***"  # Apprise's mask
     assert notify.shown_target("ntfy://secret-topic", "ntfys://secret-topic?priority=default") == "ntfy://***"
     assert notify.shown_target("json://u:p@hooks.example.com/t/tok", "json://u:****@hooks.example.com/t/tok") \
         == "json://hooks.example.com"

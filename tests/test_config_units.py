@@ -517,3 +517,8 @@ def test_without_wpbackup_env_the_env_file_is_the_one_beside_dodo_py(tmp_path):
     assert (repo / "dodo.py").exists()
     assert env_file_path({}) == repo / ".env"
     assert env_file_path({"WPBACKUP_ENV": str(tmp_path / "x.env")}) == tmp_path / "x.env"
+
+
+def test_a_bad_healthcheck_url_is_refused_without_showing_its_key(tmp_path):
+    [problem] = _problems(tmp_path, "HEALTHCHECK_URL=hc-ping.com/5f1c0c9e-secret-uuid\n")
+    assert "HEALTHCHECK_URL: expected an http:// or https:// URL" in problem and "secret-uuid" not in problem

@@ -201,3 +201,60 @@ def test_chromium_renders_the_report_with_every_site(sample, tmp_path):
     render_png(html, png)
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000  # a page, not a blank
+
+
+def _install(tmp_path, text: str = "SERVER_ID=web-1\n"):
+    env = tmp_path / "install" / ".env"
+    env.parent.mkdir(parents=True, exist_ok=True)
+    env.write_text(text)
+    return env, catalog.connect(env.parent / "backups.db")
+
+
+def test_a_server_whose_clock_runs_ahead_still_shows_its_failure_and_clock(tmp_path):
+    from .fleet_sample import failure
+
+    env, conn = _install(tmp_path)
+    now = datetime.now(timezone.utc)
+    with closing(conn), conn:
+        backup(conn, "web-4", "ahead", now - timedelta(hours=20), 1 << 20)
+        failure(conn, "web-4", "ahead", now + timedelta(hours=3), "dump failed: disk full")
+        backup(conn, "web-5", "future", now + timedelta(hours=2), 1 << 20)
+    health = {(s.server, s.site): s for s in build_report(_settings(env), [], now=None).health.sites}
+    assert health[("web-4", "ahead")].verdict == "FAILED" and "disk full" in health[("web-4", "ahead")].reason
+    assert health[("web-5", "future")].verdict == "CLOCK"
+
+
+def test_a_failed_attempt_and_a_failed_verify_of_the_fallback_archive_are_both_told(tmp_path):
+    from .fleet_sample import _row, failure
+
+    env, conn = _install(tmp_path)
+    with closing(conn), conn:
+        name = backup(conn, "web-1", "blog", NOW - timedelta(days=1, hours=5), 5 << 20)
+        _row(conn, "web-1", "blog", NOW - timedelta(hours=10), "ERROR", f"verify failed: {name}: zstd: corrupt",
+             archive_name=name, verified_local=0)
+        failure(conn, "web-1", "blog", NOW - timedelta(hours=5), "dump failed: login refused")
+    report = build_report(_settings(env), ["blog"], now=NOW)
+    blog = report.health.sites[0]
+    assert blog.verdict == "FAILED" and "login refused" in blog.reason and "failed its verify" in blog.reason
+    assert [a.kind for a in report.actions] == ["failed", "verify"]
+
+
+def test_an_old_incomplete_backup_is_stale_and_says_how_old(tmp_path):
+    env, conn = _install(tmp_path)
+    with closing(conn), conn:
+        backup(conn, "web-1", "blog", NOW - timedelta(days=5), 5 << 20)
+        conn.execute("UPDATE backup_log SET status = 'ERROR', incomplete = 3 WHERE status = 'SUCCESS'")
+    blog = build_report(_settings(env), ["blog"], now=NOW).health.sites[0]
+    assert blog.verdict == "STALE" and "no backup for 120h" in blog.reason and "incomplete" in blog.reason
+
+
+def test_a_server_silent_for_two_weeks_is_taken_as_retired(tmp_path):
+    env, conn = _install(tmp_path)
+    with closing(conn), conn:
+        backup(conn, "web-1", "blog", NOW - timedelta(hours=5), 5 << 20)
+        backup(conn, "web-old", "legacy", NOW - timedelta(days=40), 5 << 20)
+        backup(conn, "web-2", "quiet", NOW - timedelta(days=3), 5 << 20)
+        conn.execute("DELETE FROM backup_log WHERE site_name = 'quiet' AND status = 'SUCCESS'")
+    report = build_report(_settings(env), ["blog"], now=NOW)
+    assert [s.server for s in report.health.servers] == ["web-1", "web-2"]  # web-old: 40 days
+    assert report.subject == "[STALE] 1 of 2 sites: web-2/quiet; silent: web-2"

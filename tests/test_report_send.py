@@ -184,3 +184,54 @@ def test_the_report_sends_the_stale_alerts_once(backed_up, smtp):
         assert forced.returncode == 0 and len(smtp.plain.messages) == 2 and len(hooks.titles()) == 2
     finally:
         hooks.stop()
+
+
+def test_stale_alerts_go_out_even_when_the_mail_server_is_down_but_not_for_a_past_date(backed_up, smtp):
+    from .servers import free_port
+    from .test_alerts import Hooks
+
+    hooks = Hooks()
+    try:
+        _mailing(backed_up, smtp.plain, NOTIFY_URLS=hooks.url(), BACKUP_MAX_AGE_HOURS="0.0001")
+        yesterday = backed_up.doit("report", "--date", "2020-01-01")
+        assert yesterday.returncode == 0, _out(yesterday)
+        assert hooks.titles() == []  # a past day's report says nothing about now
+        backed_up.env["SMTP_PORT"] = str(free_port())  # the mail server is down
+        down = backed_up.doit("report")
+        assert down.returncode != 0 and "nothing was marked sent" in _out(down)
+        assert len(hooks.titles()) == 2  # when mail is broken, the alerts matter most
+    finally:
+        hooks.stop()
+
+
+def test_a_refused_recipient_among_accepted_ones_marks_the_day_sent_and_fails(backed_up, smtp):
+    _mailing(backed_up, smtp.plain)
+    smtp.plain.refuse.add("owner@example.test")
+    result = backed_up.doit("report")
+    assert result.returncode != 0 and "owner@example.test" in _out(result) and "marked sent" in _out(result)
+    assert [m.rcpt_tos for m in smtp.plain.messages] == [["ops@example.test"]]
+    again = backed_up.doit("report")  # ops is not mailed again and again
+    assert again.returncode == 0 and "already sent" in _out(again) and len(smtp.plain.messages) == 1
+
+
+@pytest.mark.parametrize("setup, args, expected", [
+    (None, ("--date", "2026-2-3"), "expected a date as YYYY-MM-DD"),
+    (None, ("--date", "0001-01-01"), "no backup of this tool can exist"),
+    ("reports-is-a-file", (), "reports"),
+    ("corrupt-catalog", (), "cannot be read as the catalog"),
+])
+def test_report_errors_are_one_clear_line(install, wordpress, setup, args, expected):
+    install.add_site("blog", wordpress)
+    install.write()
+    if setup == "reports-is-a-file":
+        install.backup_dir.mkdir()
+        (install.backup_dir / "reports").write_text("not a folder")
+    if setup == "corrupt-catalog":
+        install.db_path.write_text("garbage, not SQLite")
+    result = install.doit("report", *args)
+    assert result.returncode != 0 and expected in _out(result), _out(result)
+    assert "Traceback" not in _out(result)
+    if setup == "corrupt-catalog":
+        status = install.doit("status", "--json")
+        assert status.returncode != 0 and status.stdout == "" and "cannot be read as the catalog" in status.stderr
+        assert "Traceback" not in status.stderr

@@ -14,11 +14,14 @@ but ``WPBACKUP_ENV=/some/dir/.env``.
 from __future__ import annotations
 
 import difflib
+import functools
 import io
 import math
 import os
 import re
+import shutil
 import socket
+import subprocess
 from dataclasses import dataclass, field
 from email.utils import parseaddr
 from pathlib import Path
@@ -86,14 +89,14 @@ KEYS: tuple[Key, ...] = (
     Key("KEEP_DAILY", "int", 7, 0, 10_000, attr="keep_daily"),
     Key("KEEP_WEEKLY", "int", 4, 0, 10_000, attr="keep_weekly"),
     Key("KEEP_MONTHLY", "int", 6, 0, 10_000, attr="keep_monthly"),
-    Key("BACKUP_ON_CALENDAR", "text", "*-*-* 03:00:00"),
-    Key("REPORT_ON_CALENDAR", "text", "*-*-* 08:00:00"),
-    Key("VERIFY_ON_CALENDAR", "text", "Sun *-*-* 05:00:00"),
+    Key("BACKUP_ON_CALENDAR", "calendar", "*-*-* 03:00:00"),
+    Key("REPORT_ON_CALENDAR", "calendar", "*-*-* 08:00:00"),
+    Key("VERIFY_ON_CALENDAR", "calendar", "Sun *-*-* 05:00:00"),
     Key("DEPLOY_HOSTS", "ssh_hosts"),
     Key("DEPLOY_PATH", "remote_path", "/opt/wordpress-backup"),
     Key("DEPLOY_SSH_KEY", "text"),
     Key("DEPLOY_KNOWN_HOSTS", "text"),
-    Key("HEALTHCHECK_URL", "url"),
+    Key("HEALTHCHECK_URL", "url", secret=True),  # its path is the check's key
     Key("NOTIFY_URLS", "urls", secret=True),
     Key("NOTIFY_ON", "choice", "failure", choices=("failure", "all")),
 )
@@ -267,7 +270,8 @@ def _url(key: Key, text: str) -> str:
     except ValueError:
         parts = None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or " " in text:
-        raise ValueError(f"expected an http:// or https:// URL with a host, got {shown(text)}")
+        got = "a value that is not one" if key.secret else shown(text)
+        raise ValueError(f"expected an http:// or https:// URL with a host, got {got}")
     return text
 
 
@@ -320,6 +324,73 @@ def _remote_path(key: Key, text: str) -> str:
     return text
 
 
+CALENDAR_EXAMPLES = "e.g. '*-*-* 03:00:00', 'daily' or 'Sun *-*-* 05:00:00' (man systemd.time)"
+_CALENDAR_CHARS_RE = re.compile(r"[A-Za-z0-9*:/.,~ _+-]+")
+_WEEKDAYS = frozenset({"mon", "tue", "wed", "thu", "fri", "sat", "sun", "monday", "tuesday", "wednesday",
+                       "thursday", "friday", "saturday", "sunday"})
+_CALENDAR_SHORTHANDS = frozenset({"minutely", "hourly", "daily", "weekly", "monthly", "yearly", "annually",
+                                  "quarterly", "semiannually"})
+
+
+def _calendar(key: Key, text: str) -> str:
+    """A timer's OnCalendar= value (`doit systemd`), refused now with the reason rather than
+    by systemd when the timer is installed, or by a timer that never fires. The defaults are
+    known good and cost no subprocess, so loading the settings stays fast."""
+    if text != key.default:
+        problem = calendar_problem(text)
+        if problem:
+            raise ValueError(f"{shown(text)} {problem}; {CALENDAR_EXAMPLES}")
+    return text
+
+
+@functools.lru_cache(maxsize=64)
+def calendar_problem(text: str) -> str | None:
+    """Why systemd would not take ``text`` as OnCalendar= (None: it does). `systemd-analyze
+    calendar` decides where it is installed; elsewhere a light check of the words."""
+    tool = shutil.which("systemd-analyze")
+    if tool:
+        try:
+            result = subprocess.run([tool, "calendar", "--", text], capture_output=True, text=True, timeout=15)
+        except (OSError, subprocess.TimeoutExpired):
+            result = None
+        if result is not None and result.returncode != 0:
+            said = (result.stderr.strip().splitlines() or ["refused"])[0].rsplit(": ", 1)[-1]
+            return f"is not a calendar expression systemd accepts (systemd-analyze calendar: {said})"
+        if result is not None:
+            never = "Next elapse: never" in result.stdout
+            return "never elapses, so the timer would never fire (a time in the past?)" if never else None
+    problem = _calendar_words(text)
+    return f"is not a calendar expression systemd accepts ({problem}; checked without systemd-analyze)" \
+        if problem else None
+
+
+def _calendar_words(text: str) -> str | None:
+    """Without systemd-analyze: only the characters and words a calendar expression can
+    hold (weekdays, shorthands such as daily, a trailing time zone). Light on purpose: the
+    host's own systemd-analyze has the last word."""
+    if not _CALENDAR_CHARS_RE.fullmatch(text):
+        return "it holds characters no calendar expression has"
+    words = text.split()
+    if len(words) > 1 and _is_timezone(words[-1]):
+        words = words[:-1]
+    if len(words) == 1 and words[0].lower() in _CALENDAR_SHORTHANDS:
+        return None
+    for word in re.findall(r"[A-Za-z]+", " ".join(words)):
+        if word.lower() in _CALENDAR_SHORTHANDS:
+            return f"a shorthand such as {word} stands alone"
+        if word.lower() not in _WEEKDAYS:
+            return f"{shown(word, 20)} is neither a weekday nor a shorthand such as daily"
+    if len(words) > 3 or not words:
+        return "expected [weekday] [date] [time], such as 'Mon *-*-* 03:00:00'"
+    return None
+
+
+def _is_timezone(word: str) -> bool:
+    import zoneinfo
+
+    return word.upper() in ("UTC", "GMT") or word in zoneinfo.available_timezones()
+
+
 def is_text(value: str) -> bool:
     """False for a string holding lone surrogates (bytes that were not UTF-8): such a value
     cannot be written to a log, the catalog or an option file."""
@@ -356,7 +427,7 @@ def _path(key: Key, text: str) -> Path:
 PARSERS = {
     "int": _whole, "hours": _hours, "choice": _choice, "url": _url, "urls": _urls, "path": _path,
     "text": lambda key, text: text, "prefix": _prefix, "remote_path": _remote_path,
-    "address": _address, "addresses": _addresses, "ssh_hosts": _ssh_hosts,
+    "address": _address, "addresses": _addresses, "ssh_hosts": _ssh_hosts, "calendar": _calendar,
     "server_id": _pattern(SERVER_ID_RE, "lowercase letters, digits and '-', starting with a letter "
                           "or digit, at most 63 (^[a-z0-9][a-z0-9-]{0,62}$)"),
     "bucket": _pattern(_BUCKET_RE, "a bucket name: 3 to 255 letters, digits, '.', '-' or '_'"),

@@ -15,6 +15,8 @@ from contextlib import closing
 from datetime import datetime, timezone
 from pathlib import Path
 
+from wpbackup.errors import BackupError
+
 SCHEMA_VERSION = 5  # 2: backup_log.incomplete; 3: change_seq per row and sync_state (fleet sync);
 #                     4: verify results as columns (verified_local, verified_s3, restore_tested);
 #                     5: alerts_sent (stale alerts already sent; local, never synced)
@@ -55,7 +57,12 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.row_factory = sqlite3.Row
     if new:
         path.chmod(0o600)
-    migrate(conn)
+    try:
+        migrate(conn)
+    except sqlite3.DatabaseError as exc:  # "file is not a database", a damaged page...
+        conn.close()
+        raise BackupError(f"{path}: cannot be read as the catalog ({exc}); move it aside to start a new one "
+                          "(with the D1 sync on, the next sync brings this server's rows back)") from None
     return conn
 
 

@@ -8,9 +8,10 @@ module, so that a site called STALE in the morning email is STALE in the monitor
 
 Which sites are expected: this server's enabled sites (sites.json), and every site another
 server attempted within ``FORGOTTEN_AFTER`` (its rows arrive through the D1 sync). A site that
-was removed from another server drops out after that time; the server itself stays listed as
-long as the catalog holds any of its rows, and is flagged once it wrote nothing for longer
-than BACKUP_MAX_AGE_HOURS, so a whole server going quiet cannot look like a quiet night.
+was removed from another server drops out after that time. A server is flagged silent once it
+wrote nothing for longer than BACKUP_MAX_AGE_HOURS, so a whole server going quiet cannot look
+like a quiet night; after FORGOTTEN_AFTER of silence (two weeks of daily FAILED/STALE reports
+and an alert) it is taken as retired and drops out too.
 """
 
 from __future__ import annotations
@@ -124,10 +125,11 @@ def _newest(condition: str, limit: int = 1) -> str:
             f"WHERE {condition} AND b.site_name IS NOT NULL AND b.timestamp <= ?) WHERE nth <= {limit}")
 
 
-def read_catalog(db_path: Path, at: datetime) -> dict[str, dict]:
+def read_catalog(db_path: Path, at: datetime | None) -> dict[str, dict]:
     """What the verdicts need, in a few queries bounded by ``at`` (a report of a past day
-    sees the catalog as it was then)."""
-    until = at.strftime(TIME)
+    sees the catalog as it was then). ``at`` None: everything, also rows stamped ahead of this
+    server's clock (a server whose clock runs fast must show its failures, and CLOCK)."""
+    until = at.strftime(TIME) if at else "9999-12-31 23:59:59"
     if not db_path.exists():
         return {"stored": {}, "complete": {}, "failed": {}, "verified": {}, "tested": {}, "checks": {},
                 "attempts": {}, "s3": {}}
@@ -200,21 +202,29 @@ def site_health(settings: Settings, data: dict, server: str, site: str, at: date
         health.last_success = complete["timestamp"]
         taken = parse_time(complete["run_stamp"]) or parse_time(complete["timestamp"])
         health.age_hours = (at - taken).total_seconds() / 3600 if taken else None
-    _judge(health, settings.backup_max_age_hours, newest, complete, failure)
+    _judge(health, settings.backup_max_age_hours, at, newest, complete, failure)
     return health
 
 
-def _judge(health: SiteHealth, max_age: float, newest, complete, failure) -> None:
+def _judge(health: SiteHealth, max_age: float, at: datetime, newest, complete, failure) -> None:
     """Set verdict and reason, the worst condition winning."""
     latest = newest if _later(newest, complete) or complete is None else complete
     if _later(failure, latest):
         health.verdict, health.last_failure = "FAILED", failure["timestamp"]
         health.reason = _flat(failure["details"])
+        if health.verify_failed:  # and the archive to fall back on does not restore either
+            health.reason += f"; and the newest archive {health.archive} failed its verify"
     elif health.verify_failed:
         health.verdict, health.reason = "FAILED", f"verify of {health.archive} failed: {health.verify_failed}"
     elif newest is not None and newest["incomplete"] and _later(newest, complete):
         health.verdict = "INCOMPLETE"
         health.reason = f"{newest['incomplete']} unreadable file(s) left out of {newest['archive_name']}"
+        taken = parse_time(newest["run_stamp"]) or parse_time(newest["timestamp"])
+        hours = (at - taken).total_seconds() / 3600 if taken else 0
+        if hours > max_age:  # an old incomplete archive is no fresher than none
+            health.verdict = "STALE"
+            health.reason = (f"no backup for {hours:.0f}h (BACKUP_MAX_AGE_HOURS={max_age:g}); the newest, "
+                             f"{newest['archive_name']}, is incomplete")
     elif complete is None:
         health.verdict, health.reason = "STALE", "no successful backup yet"
     elif health.age_hours is not None and health.age_hours > max_age:
@@ -227,11 +237,13 @@ def _judge(health: SiteHealth, max_age: float, newest, complete, failure) -> Non
 
 
 def fleet_health(settings: Settings, enabled_sites: list[str], at: datetime | None = None,
-                 not_uploaded=None) -> FleetHealth:
-    """Every expected (server, site) as of ``at`` (default: now), grouped by server, this
-    server first. ``not_uploaded(site) -> int`` counts this server's archives waiting for S3."""
+                 not_uploaded=None, *, as_of: bool = False) -> FleetHealth:
+    """Every expected (server, site) at ``at`` (default: now), grouped by server, this
+    server first. Judged on every row the catalog holds, also rows stamped later by a clock
+    that runs ahead; ``as_of``: only on the rows written up to ``at`` (a past day's report).
+    ``not_uploaded(site) -> int`` counts this server's archives waiting for S3."""
     at = at or datetime.now(timezone.utc)
-    data = read_catalog(settings.db_path, at)
+    data = read_catalog(settings.db_path, at if as_of else None)
     keys = [(settings.server_id, name) for name in enabled_sites]
     forgotten = (at - FORGOTTEN_AFTER).strftime(TIME)
     for key, rows in sorted(data["attempts"].items()):
@@ -244,6 +256,8 @@ def fleet_health(settings: Settings, enabled_sites: list[str], at: datetime | No
     limit = (at - timedelta(hours=settings.backup_max_age_hours)).strftime(TIME)
     for server in [settings.server_id, *sorted(set(activity) - {settings.server_id})]:
         last = activity.get(server)
+        if server != settings.server_id and (last or "") < forgotten:
+            continue  # silent for longer than FORGOTTEN_AFTER: taken as retired (it was flagged all that time)
         servers[server] = ServerHealth(server, last, silent=server != settings.server_id and (last or "") < limit)
     for server, site in keys:
         health = site_health(settings, data, server, site, at)

@@ -151,7 +151,8 @@ def _send(server: smtplib.SMTP, message: EmailMessage, sender: str, recipients: 
     if refused:
         accepted = [r for r in recipients if r not in refused]
         took = f" (it accepted {', '.join(accepted)})" if accepted else ""
-        raise BackupError(f"{where} refused a recipient: {_refusals(refused, scrub)}{took}; check REPORT_TO")
+        error = PartlySent if accepted else BackupError
+        raise error(f"{where} refused a recipient: {_refusals(refused, scrub)}{took}; check REPORT_TO")
 
 
 def _refusals(refused: dict, scrub: _Scrubber) -> str:
@@ -217,6 +218,11 @@ def _transport(exc: BaseException, host: str, where: str, scrub: _Scrubber) -> s
     return f"sending through {where} failed: {scrub(f'{type(exc).__name__}: {exc}')}"
 
 
+class PartlySent(BackupError):
+    """The mail server took the message for some recipients and refused others: it went out
+    (so the day's report counts as sent), yet REPORT_TO needs fixing."""
+
+
 def smtp_port(settings: Settings) -> int:
     """SMTP_PORT when set; else 465 for SMTP_SECURITY=ssl (implicit TLS has its own port), 587."""
     if (settings.raw.get("SMTP_PORT") or "").strip():
@@ -244,13 +250,38 @@ def deliver(settings: Settings, message: EmailMessage) -> str:
         _login(server, settings, host)
         _send(server, message, sender, recipients, f"SMTP server {host}:{port}", scrub)
     except BackupError as exc:
-        raise BackupError(scrub(str(exc))) from None
+        raise type(exc)(scrub(str(exc))) from None
     except (smtplib.SMTPException, OSError) as exc:  # ssl.SSLError and socket errors are OSErrors
         raise BackupError(_explain(exc, settings, host, port, scrub)) from None
     finally:
         _close(server)
     login = f", logged in as {settings.value('SMTP_USERNAME')}" if settings.value("SMTP_USERNAME") else ""
     return f"sent to {', '.join(recipients)} through {host}:{port} ({security}{login})"
+
+
+def try_login(settings: Settings) -> str:
+    """Connect to SMTP_HOST the way ``deliver`` does and log in (when SMTP_USERNAME is set),
+    then quit without sending: `doit configure` checks the mail settings before saving them.
+    Where it got in ("smtp.example.com:587 (starttls, logged in as x)"), or a BackupError
+    with ``deliver``'s wording of why not (never the password)."""
+    host = settings.value("SMTP_HOST")
+    if not host:
+        raise BackupError("SMTP_HOST is not set: nothing to connect to")
+    port, security = smtp_port(settings), settings.value("SMTP_SECURITY")
+    scrub = _Scrubber(settings.value("SMTP_PASSWORD"))
+    _check_clear_login(settings, host, security)
+    server = None
+    try:
+        server = _connect(host, port, security)
+        _login(server, settings, host)
+    except BackupError as exc:
+        raise type(exc)(scrub(str(exc))) from None
+    except (smtplib.SMTPException, OSError) as exc:
+        raise BackupError(_explain(exc, settings, host, port, scrub)) from None
+    finally:
+        _close(server)
+    login = f", logged in as {settings.value('SMTP_USERNAME')}" if settings.value("SMTP_USERNAME") else ""
+    return f"{host}:{port} ({security}{login})"
 
 
 def _close(server: smtplib.SMTP | None) -> None:

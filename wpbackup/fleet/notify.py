@@ -189,7 +189,7 @@ def shown_target(url: str, private: str | None) -> str:
     scheme = url.split("://", 1)[0] if "://" in url else "?"
     netloc = urlsplit(private).netloc.rsplit("@", 1)[-1] if private else ""
     hostname = netloc.split(":")[0]
-    if not ("." in netloc or netloc.startswith("[") or hostname == "localhost"):
+    if "..." in netloc or not ("." in netloc or netloc.startswith("[") or hostname == "localhost"):
         netloc = "***"
     return f"{scheme}://{netloc}"
 

@@ -31,6 +31,7 @@ from wpbackup.fleet.health import TIME, FleetHealth, SiteHealth, fleet_health, p
 
 TEMPLATES = PROJECT_DIR / "templates"
 SUBJECT_NAMES = 4  # site names spelled out in the subject before "+N more"
+EARLIEST_YEAR = 2000  # --date before this is a typo, not a report
 
 
 @dataclass
@@ -40,10 +41,17 @@ class Window:
     start: datetime
     end: datetime
     date: str
+    day: bool = False  # --date: a UTC calendar day, not the 24 hours to now
 
     @property
     def hours(self) -> float:
         return (self.end - self.start).total_seconds() / 3600
+
+    def described(self) -> str:
+        """'in the 24 hours to 2026-12-01 08:00 UTC' or 'on 2026-11-28 (UTC)'."""
+        if self.day:
+            return f"on {self.date} (UTC{', up to now' if self.hours < 24 else ''})"
+        return f"in the {self.hours:.0f} hours to {self.end:%Y-%m-%d %H:%M} UTC"
 
 
 def window_for(date: str | None, now: datetime | None = None) -> Window:
@@ -55,10 +63,14 @@ def window_for(date: str | None, now: datetime | None = None) -> Window:
     try:
         day = datetime.strptime(date, "%Y-%m-%d").replace(tzinfo=timezone.utc)
     except ValueError:
-        raise BackupError(f"--date {date!r}: expected a date as YYYY-MM-DD, e.g. {now:%Y-%m-%d}") from None
+        day = None
+    if day is None or f"{day.year:04d}-{day.month:02d}-{day.day:02d}" != date:  # strptime takes 2026-2-3 too
+        raise BackupError(f"--date {date!r}: expected a date as YYYY-MM-DD, e.g. {now:%Y-%m-%d}")
     if day > now:
         raise BackupError(f"--date {date}: that day has not begun yet (now {now:%Y-%m-%d %H:%M} UTC)")
-    return Window(day, min(day + timedelta(days=1), now), date)
+    if day.year < EARLIEST_YEAR:
+        raise BackupError(f"--date {date}: before {EARLIEST_YEAR}, no backup of this tool can exist")
+    return Window(day, min(day + timedelta(days=1), now), date, day=True)
 
 
 @dataclass
@@ -128,8 +140,7 @@ def _actions(health: FleetHealth, window: Window, attempts: int, verify_failures
     """What needs action, worst first."""
     actions: list[Action] = []
     if attempts == 0:
-        actions.append(Action("no-backup", "*", None, f"no backup ran in the {window.hours:.0f} hours to "
-                                                      f"{window.end:%Y-%m-%d %H:%M} UTC, on any server"))
+        actions.append(Action("no-backup", "", None, f"no backup ran {window.described()}, on any server"))
     kinds = {"FAILED": "failed", "INCOMPLETE": "incomplete", "CLOCK": "clock"}
     for verdict in ("FAILED", "INCOMPLETE", "CLOCK"):
         for site in health.sites:
@@ -142,7 +153,8 @@ def _actions(health: FleetHealth, window: Window, attempts: int, verify_failures
                                                                   f"than {health.max_age_hours:g}h ({last})"))
     actions += [Action("stale", site.server, site.site, site.reason) for site in health.sites
                 if site.verdict == "STALE"]
-    flagged = {(a.server, a.site) for a in actions if a.kind == "failed"}
+    # a site FAILED by its verify already says so; one FAILED by its last attempt does not
+    flagged = {(s.server, s.site) for s in health.sites if s.verdict == "FAILED" and not s.last_failure}
     for row in verify_failures:
         if (row["server_id"], row["site_name"]) not in flagged:
             details = " ".join((row["details"] or "").split())
@@ -181,13 +193,15 @@ def _subject(health: FleetHealth, actions: list[Action], window: Window) -> tupl
              f"silent: {_names(silent)}" if silent else "", f"shrunk: {_names(shrunk)}" if shrunk else ""]
     tail = "".join(f"; {part}" for part in extra if part)
     if any(a.kind == "no-backup" for a in actions):
-        return "FAILED", f"[FAILED] no backup ran in the {window.hours:.0f} hours to {window.end:%Y-%m-%d %H:%M} UTC"
+        return "FAILED", f"[FAILED] no backup ran {window.described()}"
     if failed:
         return "FAILED", f"[FAILED] {len(failed)} of {total} sites: {_names(failed)}{tail}"
-    if stale or silent:
-        count = f"{len(stale)} of {total} sites: {_names(stale)}" if stale else f"{total} sites"
-        return "STALE", f"[STALE] {count}{tail}"
     ok = sum(site.verdict == "OK" for site in health.sites)
+    if stale:
+        return "STALE", f"[STALE] {len(stale)} of {total} sites: {_names(stale)}{tail}"
+    if silent:
+        others = "".join(f"; {part}" for part in extra[2:] if part)
+        return "STALE", f"[STALE] silent: {_names(silent)}; {ok} of {total} sites backed up{others}"
     if shrunk:
         return "WARNING", f"[WARNING] {ok} of {total} sites backed up{tail}"
     return "OK", f"[OK] {ok} of {total} sites backed up"
@@ -197,7 +211,7 @@ def build_report(settings: Settings, enabled_sites: list[str], date: str | None 
                  now: datetime | None = None) -> Report:
     """The report for ``date`` (default: the 24 hours to now), the fleet as of its end."""
     window = window_for(date, now)
-    health = fleet_health(settings, enabled_sites, window.end)
+    health = fleet_health(settings, enabled_sites, window.end, as_of=window.day)
     done, tried, verify_failures = _in_window(settings.db_path, window)
     actions = _actions(health, window, tried, verify_failures)
     verdict, subject = _subject(health, actions, window)
@@ -268,7 +282,7 @@ def message(settings: Settings, report: Report, text: str, html: str) -> EmailMe
     sender = settings.value("REPORT_FROM") or (login if "@" in login else f"wordpress-backup@{socket.getfqdn()}")
     mail["From"] = sender
     mail["To"] = ", ".join(settings.value("REPORT_TO") or ())
-    mail["Date"] = formatdate(localtime=False)
+    mail["Date"] = formatdate(usegmt=True)
     mail["Message-ID"] = make_msgid(domain=sender.rsplit("@", 1)[-1].strip(">"))
     mail["X-Wordpress-Backup-Verdict"] = report.verdict
     mail.set_content(text)

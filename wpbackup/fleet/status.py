@@ -37,7 +37,9 @@ def state_text(site: SiteHealth, max_age: float) -> str:
     if site.verdict == "INCOMPLETE":
         return f"INCOMPLETE ({site.incomplete} unreadable) in {site.archive}"
     if site.verdict == "STALE":
-        return "NO BACKUP" if site.last_success is None else f"STALE (>{max_age:g}h)"
+        if site.last_success is None:  # never complete: none at all, or only an old incomplete one
+            return f"STALE: {site.reason}" if site.archive else "NO BACKUP"
+        return f"STALE (>{max_age:g}h)"
     if site.verdict == "CLOCK":
         return "CLOCK? (last stamp in the future)"
     if site.shrunk:
