@@ -23,6 +23,14 @@ if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null
     echo "wordpress-backup needs Python 3.10 or newer; $python is $("$python" --version 2>&1)" >&2
     exit 1
 fi
+# a venv belongs to one Python X.Y: after the distribution moved on (or the interpreter it was
+# built from is gone) it is rebuilt, not patched
+want=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+have=$("$here/.venv/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true)
+if [ -e "$here/.venv" ] && [ "$have" != "$want" ]; then
+    echo "rebuilding .venv for Python $want (it was built for ${have:-an interpreter that is gone})" >&2
+    rm -rf "$here/.venv"
+fi
 if [ ! -x "$here/.venv/bin/python" ]; then
     if ! "$python" -m venv "$here/.venv" 2>/dev/null; then
         if [ "$(id -u)" -eq 0 ]; then

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from .backup import task_backup, task_catalog, task_compress, task_dump, task_tar, task_upload
 from .catalog_sync import task_sync
+from .configure import task_configure
 from .context import CONTEXT
+from .deploy import task_deploy
 from .prune import task_prune
 from .report import task_report
 from .reporter import SummaryReporter
 from .restore import task_restore, task_verify
 from .status import task_status
+from .systemd import task_systemd
 
 _state = CONTEXT.settings.state_dir
 
@@ -35,4 +38,5 @@ DOIT_CONFIG = {
 __all__ = [
     "DOIT_CONFIG", "task_backup", "task_catalog", "task_compress", "task_dump", "task_status",
     "task_sync", "task_tar", "task_upload", "task_restore", "task_verify", "task_prune", "task_report",
+    "task_systemd", "task_deploy", "task_configure",
 ]

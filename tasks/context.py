@@ -8,6 +8,7 @@ A configuration error stops here, before any task exists, with one line per prob
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import sys
@@ -17,6 +18,7 @@ from datetime import datetime, timedelta, timezone
 
 from wpbackup.backup import children, lock, runs, steps
 from wpbackup.backup.runs import Run
+from wpbackup.config import discovery
 from wpbackup.config.settings import Settings, load_settings
 from wpbackup.config.sites import Site, load_sites
 from wpbackup.console import log, setup_logging
@@ -28,16 +30,32 @@ DOIT_COMMANDS = {"list", "info", "forget", "clean", "ignore", "help", "strace", 
 MUTATING = re.compile(r"^(backup|dump|tar|compress|upload|catalog|sync|restore|prune)(:|$)")
 
 
+#: doit's own options that take a value as the next word (`doit -f dodo.py backup`)
+VALUE_OPTIONS = ("-f", "--file", "-d", "--dir", "--db-file", "--backend", "--reporter", "-n", "--process",
+                 "-P", "--parallel-type")
+
+
+def words(argv: list[str]) -> list[str]:
+    """The command and task words of a doit command line, without options and their values."""
+    return [arg for before, arg in zip(argv, argv[1:], strict=False)
+            if not arg.startswith("-") and before not in VALUE_OPTIONS]
+
+
+def readonly_run(argv: list[str]) -> bool:
+    """Runs (and `doit info`) of tasks that change no backup state: status, report, systemd...
+    They keep their own doit state file, so they never wait on a backup's."""
+    return doit_command(argv) in ("run", "info") and not any(MUTATING.match(word) for word in words(argv))
+
+
 def doit_command(argv: list[str]) -> str:
     """The doit command of this invocation ('run' when only task names are given)."""
-    words = [arg for arg in argv[1:] if not arg.startswith("-")]
-    return words[0] if words and words[0] in DOIT_COMMANDS else "run"
+    given = words(argv)
+    return given[0] if given and given[0] in DOIT_COMMANDS else "run"
 
 
 def wants_lock(argv: list[str]) -> bool:
     """True when this doit invocation runs backup or sync tasks (which must not overlap)."""
-    words = [arg for arg in argv[1:] if not arg.startswith("-")]
-    return doit_command(argv) == "run" and any(MUTATING.match(word) for word in words)
+    return doit_command(argv) == "run" and any(MUTATING.match(word) for word in words(argv))
 
 
 @dataclass
@@ -97,8 +115,64 @@ def _fresh_second(settings: Settings, sites: list[Site]) -> datetime:
 
 def _backs_up(argv: list[str]) -> bool:
     """True when this invocation runs backup stages (not only sync, restore or prune)."""
-    words = [arg for arg in argv[1:] if not arg.startswith("-")]
-    return doit_command(argv) == "run" and any(word.split(":")[0] in ("backup", *steps.STAGES) for word in words)
+    return doit_command(argv) == "run" and any(word.split(":")[0] in ("backup", *steps.STAGES)
+                                               for word in words(argv))
+
+
+def _lock(settings: Settings) -> None:
+    """One mutating run at a time (exit 4 when another holds the lock); taken once."""
+    try:
+        lock.acquire(settings.state_dir / ".wpbackup.lock")
+    except BackupError as exc:
+        print(f"wordpress-backup: {exc}", file=sys.stderr)
+        raise SystemExit(4) from None
+
+
+def _first_run(settings: Settings) -> None:
+    """No sites.json at all: find the WordPress sites on this machine, write a sites.json
+    listing them and say so; the run then backs them up like any other. Found nothing: a
+    ConfigError saying where it looked and how to go on (nothing written)."""
+    _lock(settings)  # two first runs at once must not both write the file
+    if os.path.lexists(settings.sites_file):
+        return
+    try:
+        found = discovery.first_run(settings.sites_file)
+    except BackupError as exc:  # the file could not be written
+        raise ConfigError([str(exc)]) from None
+    count = f"{len(found)} WordPress site{'s' if len(found) != 1 else ''}"
+    print(f"wordpress-backup: no sites.json yet: found {count} and wrote {settings.sites_file} "
+          "(edit it to rename, disable or change a site):")
+    for site in found:
+        print(f"  {discovery.describe(site)}")
+    sys.stdout.flush()
+
+
+def _deploys_only(argv: list[str]) -> bool:
+    """True when this invocation only deploys: a controller need not back anything up
+    itself, so its sites.json is not read (nor needed)."""
+    given = words(argv)
+    return doit_command(argv) == "run" and bool(given) and all(word.split(":")[0] == "deploy" for word in given)
+
+
+def configuring(argv: list[str]) -> bool:
+    """True when this invocation runs `doit configure`."""
+    return doit_command(argv) == "run" and "configure" in words(argv)
+
+
+def _configure_anyway(argv: list[str], exc: ConfigError, settings: Settings | None,
+                      mutating: bool) -> tuple[Settings, list[Site]]:
+    """`doit configure` is how a broken or missing .env or sites.json gets fixed, so it loads
+    anyway: settings from what parses (wpbackup.ops.envfile.lenient_settings), no sites (the
+    wizard reads sites.json itself). Any other command stops here (exit 3)."""
+    if not configuring(argv):
+        fail(exc.problems, settings, mutating, tuple(getattr(exc, "warnings", ())))
+    from wpbackup.ops.envfile import lenient_settings
+
+    try:
+        return settings or lenient_settings(), []
+    except ConfigError as again:
+        fail(again.problems, None, mutating)
+        raise  # fail() exits; this only tells the reader
 
 
 def load(argv: list[str] | None = None) -> Context:
@@ -111,15 +185,13 @@ def load(argv: list[str] | None = None) -> Context:
         settings = load_settings()
         for warning in settings.warnings:  # a key that looks like ours but is not one
             print(f"wordpress-backup: warning: {warning}", file=sys.stderr)
-        sites = load_sites(settings.sites_file)
+        if mutating and _backs_up(argv) and not os.path.lexists(settings.sites_file):
+            _first_run(settings)
+        sites = [] if _deploys_only(argv) else load_sites(settings.sites_file)
     except ConfigError as exc:
-        fail(exc.problems, settings, mutating, tuple(getattr(exc, "warnings", ())))
+        settings, sites = _configure_anyway(argv, exc, settings, mutating)
     if mutating:
-        try:
-            lock.acquire(settings.state_dir / ".wpbackup.lock")
-        except BackupError as exc:
-            print(f"wordpress-backup: {exc}", file=sys.stderr)
-            raise SystemExit(4) from None
+        _lock(settings)
         signal.signal(signal.SIGTERM, _on_sigterm)
         signal.signal(signal.SIGHUP, _on_sigterm)
     now = _fresh_second(settings, sites) if mutating else datetime.now(timezone.utc)
@@ -128,7 +200,7 @@ def load(argv: list[str] | None = None) -> Context:
              for site in sites if site.enabled}
     if mutating and _backs_up(argv):  # the work folders of sites no run will visit again
         steps.sweep_retired(settings, {site.name for site in sites if site.enabled})
-    return Context(settings, sites, plans, mutating, doit_command(argv) == "run" and not mutating)
+    return Context(settings, sites, plans, mutating, readonly_run(argv))
 
 
 CONTEXT = load()

@@ -13,6 +13,7 @@ import sys
 import traceback
 from dataclasses import dataclass
 
+from doit.exceptions import UnmetDependency
 from doit.reporter import ConsoleReporter
 
 from wpbackup.backup.steps import STAGES
@@ -100,10 +101,23 @@ class SummaryReporter(ConsoleReporter):
             super().execute_task(task)
 
     def _write_failure(self, result, write_exception=True):
+        if isinstance(result["exception"], UnmetDependency):
+            return self._write_not_run(result["task"], result["exception"])
         if result["task"].name != "status":
             return super()._write_failure(result, write_exception)
         # stdout holds status's document alone (a script parses it); why it failed goes to stderr
         sys.stderr.write(f"{result['exception'].get_msg().strip()}\n")
+
+    def _write_not_run(self, task, fail) -> None:
+        """One line for a stage that could not run because an earlier one failed (doit's own
+        is a block per stage); nothing for a group such as backup:SITE, whose failed stage
+        already said why, and the SUMMARY line says it again."""
+        if not task.actions or task.name.startswith("_"):
+            return
+        stage, site = self._site(task)
+        failed = self.sites.get(site, {}).get("failed") if stage else None
+        cause = f"{failed[0]}:{site}" if failed else fail.message.strip()
+        self.write(f"x  {task.name}: not run, because {cause} failed\n")
 
     def _site(self, task):
         stage, _, site = task.name.partition(":")

@@ -105,7 +105,9 @@ class Install:
 
         env = {k: v for k, v in os.environ.items()
                if k not in ENVIRONMENT_KEYS and not k.startswith(("S3_", "D1_", "AWS_", "MYSQL_", "MARIADB_"))}
-        env.update(WPBACKUP_ENV=str(self.env_path), PYTHONUNBUFFERED="1", **(extra or {}))
+        # a first run discovers sites: never on this machine's own /var/www unless a test says so
+        env.update({"WPBACKUP_ENV": str(self.env_path), "PYTHONUNBUFFERED": "1",
+                    "WPBACKUP_DISCOVER_ROOTS": str(self.root / "no-sites-here"), **(extra or {})})
         return env
 
     def doit(self, *args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -522,3 +523,78 @@ def test_without_wpbackup_env_the_env_file_is_the_one_beside_dodo_py(tmp_path):
 def test_a_bad_healthcheck_url_is_refused_without_showing_its_key(tmp_path):
     [problem] = _problems(tmp_path, "HEALTHCHECK_URL=hc-ping.com/5f1c0c9e-secret-uuid\n")
     assert "HEALTHCHECK_URL: expected an http:// or https:// URL" in problem and "secret-uuid" not in problem
+
+
+@pytest.fixture
+def calendar_checks():
+    """The calendar check's memory emptied before and after (a test may change its tools)."""
+    from wpbackup.config.settings import calendar_problem
+
+    calendar_problem.cache_clear()
+    yield calendar_problem
+    calendar_problem.cache_clear()
+
+
+@pytest.mark.parametrize("key", ["BACKUP_ON_CALENDAR", "REPORT_ON_CALENDAR", "VERIFY_ON_CALENDAR"])
+@pytest.mark.parametrize("value, expected", [
+    ("every night at 3", "is not a calendar expression systemd accepts (systemd-analyze calendar: "),
+    ("*-*-* 25:00:00", "is not a calendar expression systemd accepts (systemd-analyze calendar: "),
+    ("2001-01-01 03:00:00", "never elapses, so the timer would never fire"),
+])
+def test_bad_on_calendar_is_refused_with_the_key_and_an_example(tmp_path, calendar_checks, key, value, expected):
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed (the light check has its own test)")
+    [problem] = _problems(tmp_path, f"{key}={value}\n")
+    assert problem.startswith(f"{tmp_path / '.env'}: {key}: {value!r} {expected}"), problem
+    assert "e.g. '*-*-* 03:00:00'" in problem
+
+
+@pytest.mark.parametrize("value", ["daily", "Mon..Fri *-*-* 02:30:00", "*-*-* 03:00:00 Europe/Berlin",
+                                   "Sat,Sun *-*-* 04:15", "*-*-1,15 01:00:00"])
+def test_good_on_calendar_values_are_taken_as_written(tmp_path, calendar_checks, value):
+    assert _settings(tmp_path, f"BACKUP_ON_CALENDAR={value}\n").value("BACKUP_ON_CALENDAR") == value
+
+
+def test_default_calendars_cost_no_subprocess(tmp_path, calendar_checks, monkeypatch):
+    """Loading the settings runs before every doit command: the defaults are known good."""
+    import wpbackup.config.settings as settings_module
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a subprocess ran: {args}")
+
+    monkeypatch.setattr(settings_module.subprocess, "run", refuse)
+    settings = _settings(tmp_path, "BACKUP_ON_CALENDAR=*-*-* 03:00:00\n")
+    assert settings.value("VERIFY_ON_CALENDAR") == "Sun *-*-* 05:00:00"
+
+
+def test_systemd_analyze_decides_where_it_is_installed(tmp_path, calendar_checks):
+    from wpbackup.config.settings import _calendar_words
+
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    assert _calendar_words("*-*-* 25:00:00") is None  # the light check would let this through
+    assert "systemd-analyze calendar" in calendar_checks("*-*-* 25:00:00")
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("every night", "'every' is neither a weekday nor a shorthand such as daily"),
+    ("daily at 3", "a shorthand such as daily stands alone"),
+    ("03:00; reboot", "holds characters no calendar expression has"),
+    ("daily", None), ("Mon..Fri *-*-* 02:30:00 Europe/Berlin", None), ("*-*-* 03:00:00 UTC", None),
+])
+def test_without_systemd_analyze_a_light_check_of_the_words(tmp_path, calendar_checks, monkeypatch, value, expected):
+    import wpbackup.config.settings as settings_module
+
+    monkeypatch.setattr(settings_module.shutil, "which", lambda name: None)
+    if expected is None:
+        assert _settings(tmp_path, f"REPORT_ON_CALENDAR={value}\n").value("REPORT_ON_CALENDAR") == value
+        return
+    [problem] = _problems(tmp_path, f"REPORT_ON_CALENDAR={value}\n")
+    assert problem.startswith(f"{tmp_path / '.env'}: REPORT_ON_CALENDAR: {value!r} is not a calendar expression")
+    assert expected in problem and "checked without systemd-analyze" in problem
+
+
+def test_a_value_holding_a_dollar_brace_is_taken_as_written(tmp_path):
+    settings = _settings(tmp_path, "SMTP_HOST=mail.example.com\nREPORT_TO=ops@example.com\n"
+                                   "SMTP_PASSWORD='pa${HOME}ss'\nSMTP_USERNAME=${USER}\n")
+    assert settings.value("SMTP_PASSWORD") == "pa${HOME}ss" and settings.value("SMTP_USERNAME") == "${USER}"

@@ -474,7 +474,8 @@ def read_env_file(env_path: Path, explicit: bool, problems: list[str]) -> dict[s
         lines = ", ".join(str(line) for line in bad[:10]) + (" ..." if len(bad) > 10 else "")
         problems.append(f"{env_path}: line {lines}: not KEY=value (quote a value with spaces or '#')")
         return {}
-    return {k: v for k, v in dotenv_values(stream=io.StringIO(text)).items() if v is not None}
+    # no ${VAR} expansion: a password holding "${" must reach the server as it was written
+    return {k: v for k, v in dotenv_values(stream=io.StringIO(text), interpolate=False).items() if v is not None}
 
 
 def merged(file_values: dict[str, str], environ: dict[str, str]) -> tuple[dict[str, str], set[str]]:

@@ -14,9 +14,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from wpbackup.atomic import write_atomic
 from wpbackup.config.settings import is_text, path_problem, shown
 from wpbackup.config.wpconfig import DbHost, WpConfig, find_wp_config, parse_db_host, parse_wp_config
-from wpbackup.errors import BackupError, ConfigError
+from wpbackup.errors import BackupError, ConfigError, disk_error
 
 SITE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")  # always matched whole (fullmatch)
 TABLE_PREFIX_RE = re.compile(r"[A-Za-z0-9_]{1,64}")  # what WordPress itself accepts
@@ -382,16 +383,39 @@ def _read_sites_file(path: Path) -> str:
                            "save it as UTF-8"]) from None
 
 
-def load_sites(path: Path) -> list[Site]:
-    """Read and validate sites.json; a missing, unreadable or undecodable file is a
-    ConfigError too."""
+def read_sites_document(path: Path) -> object:
+    """sites.json decoded but not yet validated (what a tool that adds a site edits, keeping
+    every key the user wrote); a missing, unreadable or undecodable file is a ConfigError."""
     text = _read_sites_file(path)
     try:
-        data = json.loads(text, object_pairs_hook=_json_object)
+        return json.loads(text, object_pairs_hook=_json_object)
     except json.JSONDecodeError as exc:
         raise ConfigError([f"{path}: line {exc.lineno} column {exc.colno}: invalid JSON: {exc.msg}"]) from None
     except RecursionError:
         raise ConfigError([f"{path}: nested too deeply to be a sites.json"]) from None
     except ValueError:  # an integer of more digits than Python converts
         raise ConfigError([f"{path}: holds a number too long to read"]) from None
-    return parse_sites(data, str(path))
+
+
+def load_sites(path: Path) -> list[Site]:
+    """Read and validate sites.json; a missing, unreadable or undecodable file is a
+    ConfigError too."""
+    return parse_sites(read_sites_document(path), str(path))
+
+
+def save_sites(path: Path, document: dict) -> list[Site]:
+    """Write a sites.json document that every run accepts: validated first (a ConfigError,
+    nothing written), then atomically with mode 0600 (it may hold database passwords), the
+    previous file kept as ``sites.json.bak`` (0600 too). Returns the sites it describes."""
+    sites = parse_sites(document, str(path))
+    text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    try:
+        previous = path.read_bytes()
+    except FileNotFoundError:
+        previous = None
+    except OSError as exc:
+        raise disk_error(path, exc) from None
+    if previous is not None:
+        write_atomic(path.with_name(path.name + ".bak"), previous)
+    write_atomic(path, text.encode("utf-8"))
+    return sites
