@@ -13,6 +13,7 @@ from .catalog_sync import task_sync
 from .configure import task_configure
 from .context import CONTEXT
 from .deploy import task_deploy
+from .migrate import task_migrate
 from .prune import task_prune
 from .report import task_report
 from .reporter import SummaryReporter
@@ -38,5 +39,5 @@ DOIT_CONFIG = {
 __all__ = [
     "DOIT_CONFIG", "task_backup", "task_catalog", "task_compress", "task_dump", "task_status",
     "task_sync", "task_tar", "task_upload", "task_restore", "task_verify", "task_prune", "task_report",
-    "task_systemd", "task_deploy", "task_configure",
+    "task_systemd", "task_deploy", "task_configure", "task_migrate",
 ]

@@ -159,12 +159,17 @@ def configuring(argv: list[str]) -> bool:
     return doit_command(argv) == "run" and "configure" in words(argv)
 
 
+def migrating(argv: list[str]) -> bool:
+    """True when this invocation runs `doit migrate` (a legacy .env, no sites.json yet)."""
+    return doit_command(argv) == "run" and "migrate" in words(argv)
+
+
 def _configure_anyway(argv: list[str], exc: ConfigError, settings: Settings | None,
                       mutating: bool) -> tuple[Settings, list[Site]]:
     """`doit configure` is how a broken or missing .env or sites.json gets fixed, so it loads
     anyway: settings from what parses (wpbackup.ops.envfile.lenient_settings), no sites (the
     wizard reads sites.json itself). Any other command stops here (exit 3)."""
-    if not configuring(argv):
+    if not (configuring(argv) or migrating(argv)):
         fail(exc.problems, settings, mutating, tuple(getattr(exc, "warnings", ())))
     from wpbackup.ops.envfile import lenient_settings
 

@@ -1,11 +1,12 @@
-"""Docs that cannot drift: .env.sample and docs/configuration.md are what
+"""Docs that cannot drift: .env.sample, sites.json.sample and docs/configuration.md are what
 wpbackup/config/reference.py generates from KEYS and sites.py, every key the code reads is a
-key of KEYS, and the sample is a configuration that loads."""
+key of KEYS, and the samples are configurations that load."""
 
 from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import re
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from dotenv import dotenv_values
 
 from wpbackup.config import reference
 from wpbackup.config.settings import BY_NAME, KEYS, Key, Settings, load_settings, parse_value
+from wpbackup.config.sites import FROM_WP_CONFIG, load_sites
+from wpbackup.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 RUN = "run `python -m wpbackup.config.reference`"
@@ -27,6 +30,11 @@ NOT_KEYS = {
     "WP_CONTENT_DIR",
     # other programs' words: S3's checksum type and a storage class, an OpenSSL reason, doit's settings
     "FULL_OBJECT", "STANDARD_IA", "WRONG_VERSION_NUMBER", "DOIT_CONFIG",
+    # the seed's .env keys, read only by `doit migrate` (wpbackup/ops/migrate.py) from an old install
+    "S3_SERVER_1_ENDPOINT", "S3_SERVER_1_BUCKET", "S3_SERVER_1_REGION", "S3_SERVER_1_ACCESS_KEY",
+    "S3_SERVER_1_SECRET_KEY", "CLOUDFLARE_ACCOUNT_ID", "CLOUDFLARE_D1_DATABASE_ID", "CLOUDFLARE_API_TOKEN",
+    "SMTP_SERVER", "SMTP_USER", "SMTP_SENDER_EMAIL", "REMOTE_HOST", "REMOTE_USER", "REMOTE_PORT", "REMOTE_DIR",
+    "RETENTION_LOCAL_DAYS", "RETENTION_S3_DAYS", "WP_CONFIG_PATH", "WP_CONTENT_PATH",
 }
 KEY_LITERAL_RE = re.compile(r"""["']([A-Z][A-Z0-9]+_[A-Z0-9_]+)["']""")
 
@@ -44,6 +52,44 @@ def test_configuration_doc_is_what_the_generator_writes():
     path = reference.CONFIGURATION_DOC
     want = reference.render_configuration_doc(path.read_text(encoding="utf-8"))
     assert path.read_text(encoding="utf-8") == want, _differs(path, want)
+
+
+def test_sites_sample_is_what_the_generator_writes():
+    want = reference.render_sites_sample()
+    assert reference.SITES_SAMPLE.read_text(encoding="utf-8") == want, _differs(reference.SITES_SAMPLE, want)
+
+
+def test_the_sites_sample_loads_and_starts_minimal():
+    """The sample is a sites.json every run accepts (its paths need not exist: sites.py
+    checks their form, a backup their presence); the first entry is all a first-time user
+    needs, and together the entries show every top-level field."""
+    sites = load_sites(reference.SITES_SAMPLE)
+    entries = json.loads(reference.SITES_SAMPLE.read_text(encoding="utf-8"))["sites"]
+    assert [site.name for site in sites] == [entry["name"] for entry in entries]
+    assert list(entries[0]) == ["name", "path"]
+    assert {key for entry in entries for key in entry} == {"name", "path", "enabled", "files", "exclude", "db"}
+    assert any(site.files == "all" and site.exclude for site in sites)
+    assert any(not site.enabled for site in sites)
+
+
+def test_the_sites_sample_overrides_nothing_wp_config_gives():
+    """A `db` key in sites.json wins over wp-config.php: a placeholder login copied from the
+    sample would be refused, so the sample carries none (issue 16)."""
+    for entry in json.loads(reference.render_sites_sample())["sites"]:
+        assert not (set(FROM_WP_CONFIG) | {"port", "socket"}) & set(entry.get("db", {})), entry["name"]
+
+
+def test_a_sample_site_that_would_not_load_is_refused(tmp_path, monkeypatch, capsys):
+    sample = tmp_path / "sites.json.sample"
+    sample.write_text("untouched", encoding="utf-8")
+    monkeypatch.setattr(reference, "SITES_SAMPLE", sample)
+    monkeypatch.setattr(reference, "SAMPLE_SITES", ({"name": "Blog", "path": "var/www/blog"},))
+    with pytest.raises(ConfigError):
+        reference.render_sites_sample()
+    assert reference.main([]) == 1
+    err = capsys.readouterr().err
+    assert "reference: " in err and "name: 'Blog' must match" in err and "path: must be an absolute path" in err
+    assert sample.read_text(encoding="utf-8") == "untouched"
 
 
 def test_every_key_is_documented_and_every_documented_key_exists():
@@ -180,12 +226,27 @@ def test_a_new_kind_and_an_undocumented_key_still_render(monkeypatch):
 
 
 def _copies(tmp_path: Path, monkeypatch) -> tuple[Path, Path]:
-    sample, doc = tmp_path / ".env.sample", tmp_path / "configuration.md"
+    """Copies of the generated files, so that main() writes none of the real ones."""
+    sample, doc, sites = tmp_path / ".env.sample", tmp_path / "configuration.md", tmp_path / "sites.json.sample"
     sample.write_text(reference.ENV_SAMPLE.read_text(encoding="utf-8"), encoding="utf-8")
     doc.write_text(reference.CONFIGURATION_DOC.read_text(encoding="utf-8"), encoding="utf-8")
+    sites.write_text(reference.SITES_SAMPLE.read_text(encoding="utf-8"), encoding="utf-8")
     monkeypatch.setattr(reference, "ENV_SAMPLE", sample)
     monkeypatch.setattr(reference, "CONFIGURATION_DOC", doc)
+    monkeypatch.setattr(reference, "SITES_SAMPLE", sites)
     return sample, doc
+
+
+def test_regenerating_writes_a_missing_or_edited_sites_sample(tmp_path, monkeypatch, capsys):
+    _copies(tmp_path, monkeypatch)
+    sites = reference.SITES_SAMPLE
+    sites.write_text(sites.read_text().replace('"/var/www/blog"', '"/srv/blog"'))
+    assert reference.main(["--check"]) == 1
+    assert f"{sites}: out of date: {RUN}" in capsys.readouterr().err
+    assert reference.main([]) == 0 and sites.read_text() == reference.render_sites_sample()
+    sites.unlink()
+    assert reference.main([]) == 0 and f"wrote {sites}" in capsys.readouterr().out
+    assert reference.main(["--check"]) == 0
 
 
 def test_check_names_a_hand_edit_and_regenerating_undoes_it(tmp_path, monkeypatch, capsys):
@@ -223,3 +284,31 @@ def test_markers_missing_or_doubled_are_an_error():
 def test_a_sample_value_reads_back_as_written(value):
     line = f"K={reference.env_quoted(value)}"
     assert dotenv_values(stream=io.StringIO(line))["K"] == value
+
+
+def _anchors(markdown: str) -> set[str]:
+    """The anchors GitHub gives the headings of a Markdown text."""
+    return {re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+            for heading in re.findall(r"^#+ (.*)$", markdown, re.M)}
+
+
+@pytest.mark.parametrize("doc", ["installation.md", "troubleshooting.md", "s3-storage.md"])
+def test_the_links_of_a_doc_lead_somewhere(doc):
+    """Every relative link (and its #anchor) of these docs names a file and heading that exist,
+    so a renamed doc or heading shows here rather than to a reader."""
+    path = REPO / "docs" / doc
+    broken = []
+    for link in re.findall(r"\]\(([^)\s]+)\)", path.read_text(encoding="utf-8")):
+        if re.match(r"[a-z]+:", link):
+            continue
+        target, _, anchor = link.partition("#")
+        file = (path.parent / target) if target else path
+        if not file.exists() or (anchor and anchor not in _anchors(file.read_text(encoding="utf-8"))):
+            broken.append(link)
+    assert broken == []
+
+
+def test_the_installation_guide_starts_with_the_first_command():
+    text = (REPO / "docs" / "installation.md").read_text(encoding="utf-8")
+    assert text.index("./run.sh backup") < text.index("S3_BUCKET") < text.index("./run.sh systemd --install")
+    assert "docs/installation.md" in (REPO / "README.md").read_text(encoding="utf-8")

@@ -1,9 +1,11 @@
 """The settings explained: what every `.env` key and `sites.json` field means, and the
-renderers that turn them into `.env.sample` and the reference in docs/configuration.md.
+renderers that turn them into `.env.sample`, `sites.json.sample` and the reference in
+docs/configuration.md.
 
     KEYS (settings.py: name, kind, default, bounds, choices, secret) --+
     DOCS, SECTIONS, KINDS here (section, meaning, example)            --+--> .env.sample
-    sites.py's allowed keys + SITE_FIELDS here                        --+--> docs/configuration.md
+    sites.py's allowed keys + SITE_FIELDS, SAMPLE_SITES here          --+--> docs/configuration.md
+                                                                      +--> sites.json.sample
 
 settings.py stays the one place that says what is read and how it is checked; this module
 only adds the words. After a key or a field changes, run ``python -m wpbackup.config.reference``
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import json
 import re
 import sys
 import textwrap
@@ -33,9 +36,12 @@ from wpbackup.config.sites import (
     SOCKET_MAX,
     TABLE_PREFIX_RE,
     TABLE_SELECTIONS,
+    parse_sites,
 )
+from wpbackup.errors import ConfigError
 
 ENV_SAMPLE = PROJECT_DIR / ".env.sample"
+SITES_SAMPLE = PROJECT_DIR / "sites.json.sample"
 CONFIGURATION_DOC = PROJECT_DIR / "docs" / "configuration.md"
 REGENERATE = "python -m wpbackup.config.reference"
 WIDTH = 100  # of a comment line in .env.sample
@@ -373,6 +379,32 @@ def render_env_sample() -> str:
     return "\n".join(lines) + "\n"
 
 
+# --- sites.json.sample -----------------------------------------------------------------------
+
+#: The sample's sites, simplest first: a first-time user copies the first entry and changes its
+#: path. None carries database credentials: a `db` value given here overrides the site's
+#: wp-config.php, so a placeholder password would break a login that works (issue 16).
+SAMPLE_SITES: tuple[dict, ...] = (
+    {"name": "blog", "path": "/var/www/blog"},
+    {"name": "shop", "path": "/var/www/shop/public", "files": "all", "exclude": ["wp-content/cache", "exports"]},
+    {"name": "old-blog", "path": "/var/www/old-blog", "enabled": False, "db": {"tables": "prefix"}},
+)
+
+
+def _sample_entry(entry: dict) -> str:
+    """One site as the sample shows it: a key per line, a list or object kept on its line."""
+    keys = [f'      {json.dumps(key)}: {json.dumps(value, ensure_ascii=False)}' for key, value in entry.items()]
+    return "    {\n" + ",\n".join(keys) + "\n    }"
+
+
+def render_sites_sample() -> str:
+    """sites.json.sample: SAMPLE_SITES as a sites.json that every run accepts (checked here
+    with sites.py's own validation, so a sample that would not load is never written)."""
+    text = '{\n  "sites": [\n' + ",\n".join(_sample_entry(entry) for entry in SAMPLE_SITES) + "\n  ]\n}\n"
+    parse_sites(json.loads(text), str(SITES_SAMPLE))
+    return text
+
+
 # --- docs/configuration.md ----------------------------------------------------------------------
 
 def generated_note(source: str) -> str:
@@ -487,6 +519,7 @@ def render_configuration_doc(current: str, source: str = "docs/configuration.md"
 def expected_files() -> dict[Path, str]:
     """Each generated file and the text it must hold now."""
     return {ENV_SAMPLE: render_env_sample(),
+            SITES_SAMPLE: render_sites_sample(),
             CONFIGURATION_DOC: render_configuration_doc(CONFIGURATION_DOC.read_text(encoding="utf-8"),
                                                         str(CONFIGURATION_DOC))}
 
@@ -499,7 +532,7 @@ def diff(path: Path, want: str, limit: int = 40) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Write (or with --check, compare) .env.sample and docs/configuration.md."""
+    """Write (or with --check, compare) .env.sample, sites.json.sample and docs/configuration.md."""
     parser = argparse.ArgumentParser(prog=REGENERATE, description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="only say whether the files are up to date")
     args = parser.parse_args(argv)
@@ -508,6 +541,8 @@ def main(argv: list[str] | None = None) -> int:
         files = expected_files()
     except (OSError, ValueError) as exc:
         problems.append(str(exc))
+    except ConfigError as exc:  # SAMPLE_SITES no longer passes sites.py's validation
+        problems += exc.problems
     if problems:
         print("\n".join(f"reference: {problem}" for problem in problems), file=sys.stderr)
         return 1

@@ -206,8 +206,16 @@ def unit_context(settings: Settings, sites: list[Site]) -> dict:
         "read_only": [_checked(str(p), "a read-only path") for p in box.read_only],
         "protect_home": box.protect_home,
         "private_tmp": box.private_tmp,
+        # /tmp shared means /tmp read-only (ProtectSystem=strict): the temporary files (the
+        # database clients' option files, ...) then go to a folder the unit may write
+        "tmpdir": None if box.private_tmp else _checked(str(private_tmpdir(settings)), "the temporary folder"),
         "notes": box.notes,
     }
+
+
+def private_tmpdir(settings: Settings) -> Path:
+    """TMPDIR of the units that cannot have a private /tmp: inside BACKUP_DIR (writable, 0700)."""
+    return settings.backup_dir / ".tmp"
 
 
 def _value(text: str) -> str:
@@ -255,6 +263,7 @@ def prepare_writable(settings: Settings) -> None:
         settings.backup_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         settings.db_path.parent.mkdir(parents=True, exist_ok=True)
         settings.sites_file.parent.mkdir(parents=True, exist_ok=True)
+        private_tmpdir(settings).mkdir(mode=0o700, exist_ok=True)
     except OSError as exc:
         raise BackupError(f"cannot create {exc.filename}: {exc.strerror} (the units need it writable)") from None
 
