@@ -13,7 +13,7 @@ from __future__ import annotations
 from doit.exceptions import TaskFailed
 
 from wpbackup.backup import lock
-from wpbackup.errors import BackupError
+from wpbackup.errors import BackupError, ConfigError
 from wpbackup.ops import migrate
 
 from .context import CONTEXT
@@ -30,6 +30,8 @@ def migrate_action(site: str, server_id: str, dry_run: bool):
         lines = migrate.migrate(settings, site, server_id, dry_run)
     except BackupError as exc:
         return TaskFailed(f"migrate: {exc}")
+    except ConfigError as exc:  # the site entry or .env the legacy values give would not load
+        return TaskFailed("migrate: " + "; ".join(exc.problems))
     print("\n".join(lines))
     return True
 

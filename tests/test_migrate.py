@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -356,3 +357,35 @@ def test_translation_rules_for_paths_database_endpoint_and_retention(tmp_path):
                                               "SMTP_SENDER_EMAIL": "b@example.com", "OLD_FLAG": "1"}, "web-1")
     assert "KEEP_DAILY" not in env and env["LOCAL_KEEP"] == "4" and env["REPORT_TO"] == "ops@example.com"
     assert unmapped == ["OLD_FLAG"]
+
+
+def test_a_shared_bucket_keeps_the_other_servers_legacy_archives(install, s3, tmp_path):
+    """The legacy key layout names no server: only what this install's catalog lists moves."""
+    root = tmp_path / "www"
+    (root / "wp-content").mkdir(parents=True)
+    backup_dir = tmp_path / "legacy-backups"
+    legacy_install(install, root, backup_dir, s3.url.split("://", 1)[1], b"legacy archive bytes", s3)
+    theirs = old_key("20260115-030000")
+    s3.s3.put_object(Bucket=s3.bucket, Key=theirs, Body=b"another legacy server's archive")
+    planned = run(install, "migrate", "--site", "blog", "--server-id", "web-7", "--dry-run")
+    assert planned.returncode == 0, out(planned)
+    assert old_key(A) in out(planned) and theirs not in out(planned)
+    done = run(install, "migrate", "--site", "blog", "--server-id", "web-7")
+    assert done.returncode == 0, out(done)
+    assert theirs in objects(s3) and old_key(A) not in objects(s3)
+
+
+def test_legacy_values_that_give_an_unloadable_site_are_one_clear_line(install, s3, tmp_path):
+    root = tmp_path / "www"
+    (root / "wp-content").mkdir(parents=True)
+    backup_dir = tmp_path / "legacy-backups"
+    legacy_install(install, root, backup_dir, s3.url.split("://", 1)[1], b"legacy archive bytes", s3)
+    text = install.env_path.read_text()
+    install.env_path.write_text(re.sub(r"(?m)^DB_HOST=.*$", "DB_HOST=localhost:99999", text)
+                                if re.search(r"(?m)^DB_HOST=", text) else text + "DB_HOST=localhost:99999\n")
+    before = snapshot(install, install.root, backup_dir)
+    for args in (("--dry-run",), ()):
+        result = run(install, "migrate", "--site", "blog", *args)
+        assert result.returncode != 0 and "port" in out(result) and "Traceback" not in out(result), out(result)
+    assert not (install.root / "sites.json").exists()
+    assert snapshot(install, install.root, backup_dir)["rows"] == before["rows"]

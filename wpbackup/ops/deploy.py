@@ -239,7 +239,9 @@ def code_rsync_argv(plan: Plan, host: Host) -> list[str]:
 def config_rsync_argv(plan: Plan, host: Host, sources: list[Path]) -> list[str]:
     """The host's .env and sites.json as files over the channel, 0600 (rsync writes each
     under a temporary owner-only name and renames it: never half a file, never readable)."""
+    # the copy it replaces stays beside it as .bak (a configuration made on the server is not lost)
     return ["rsync", "-pt", "--checksum", "--protect-args", "--itemize-changes", "--chmod=F600",
+            "--backup", "--suffix=.bak",
             "-e", rsync_shell(plan, host), *[str(source.absolute()) for source in sources],
             host.rsync_target(plan.path)]
 

@@ -47,8 +47,6 @@ _PLAIN = re.compile(r"[A-Za-z0-9_./:@,+%=~^*-]*")  # read back bare, as it is
 
 def encode(value: str) -> str:
     """A value as it goes after ``KEY=``; ValueError for what `.env` cannot carry."""
-    if "${" in value:
-        raise ValueError("cannot hold '${' in .env (it would be read as a variable to expand)")
     if re.search(r"[\r\n\x00]", value):
         raise ValueError("holds a line break or NUL, which .env cannot carry")
     if _PLAIN.fullmatch(value):
@@ -108,7 +106,9 @@ class EnvFile:
     def values(self) -> dict[str, str]:
         """KEY -> value as the settings loader reads them (broken lines left out)."""
         text = "".join(entry.text for entry in self.entries if not entry.broken)
-        return {k: v for k, v in dotenv_values(stream=io.StringIO(text)).items() if v is not None}
+        # as the settings loader reads them: no ${VAR} expansion
+        return {k: v for k, v in dotenv_values(stream=io.StringIO(text), interpolate=False).items()
+                if v is not None}
 
     def set(self, key: str, value: str | None, after: tuple[str, ...] = (), title: str = "") -> None:
         """Give ``key`` this value (None or "": remove it). An existing line is replaced in

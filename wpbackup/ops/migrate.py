@@ -44,8 +44,8 @@ from wpbackup.config.settings import (
     default_server_id,
     parse_all,
 )
-from wpbackup.config.sites import save_sites
-from wpbackup.errors import BackupError, disk_error
+from wpbackup.config.sites import parse_sites, save_sites
+from wpbackup.errors import BackupError, ConfigError, disk_error
 from wpbackup.fleet import catalog
 from wpbackup.ops.envfile import EnvFile
 from wpbackup.storage import s3
@@ -320,9 +320,28 @@ def local_moves(backup_dir: Path, site: str) -> list[tuple[Path, Path]]:
     return moves
 
 
-def s3_moves(settings: Settings, site: str) -> list[S3Move]:
+def legacy_keys(db_path: Path) -> set[str] | None:
+    """The keys (and names) of the objects the legacy catalog says this install uploaded, read
+    from its untouched copy when there is one; None when it records none. Several legacy
+    servers may have shared one bucket, and its key layout names no server: only what this
+    install's own catalog lists is its own."""
+    source = db_path.with_name(db_path.name + ".legacy")
+    source = source if source.exists() else db_path
+    if not source.exists():
+        return None
+    try:
+        with closing(sqlite3.connect(f"file:{source}?mode=ro", uri=True)) as conn:
+            rows = conn.execute("SELECT filename FROM s3_archives WHERE filename IS NOT NULL").fetchall()
+    except sqlite3.Error:
+        return None
+    keys = {str(row[0]) for row in rows}
+    return keys | {key.rsplit("/", 1)[-1] for key in keys} if keys else None
+
+
+def s3_moves(settings: Settings, site: str, known: set[str] | None = None) -> list[S3Move]:
     """The predecessor's archives in the bucket (YYYY/MM/wp-backup-STAMP.tar.zst whose date
-    matches its stamp): nothing else is ever touched."""
+    matches its stamp), only those the legacy catalog lists when it lists any (``known``):
+    nothing else is ever touched."""
     client = s3.make_client(settings)
     moves = []
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=settings.s3_bucket):
@@ -330,6 +349,8 @@ def s3_moves(settings: Settings, site: str) -> list[S3Move]:
             match = LEGACY_KEY.fullmatch(obj["Key"])
             if not match or match.group(3)[:6] != match.group(1) + match.group(2):
                 continue
+            if known is not None and obj["Key"] not in known and obj["Key"].rsplit("/", 1)[-1] not in known:
+                continue  # another legacy server's archive in a shared bucket
             stamp = match.group(3)
             name = archive_name(site, stamp)
             new = s3.object_key(settings.s3_prefix, settings.server_id, stamp, name)
@@ -349,9 +370,15 @@ def plan(settings: Settings, site: str, server_id: str = "") -> tuple[Plan, Lega
     target = new_settings(settings, env, server_id)
     the_plan = Plan(site, server_id, wordpress_root(legacy.values), site_db(legacy.values), env, notes, unmapped,
                     local_moves(target.backup_dir, site))
+    check_site(settings, the_plan)
+    env_text(env, unmapped)  # a value .env cannot carry is found by a dry run too
     if target.s3_enabled:
         try:
-            the_plan.moves = s3_moves(target, site)
+            known = legacy_keys(settings.db_path)
+            the_plan.moves = s3_moves(target, site, known)
+            if known is None and the_plan.moves:
+                the_plan.notes.append("the legacy catalog lists no S3 upload: every legacy-named archive in the "
+                                      "bucket is taken as this install's (one legacy server per bucket)")
         except BackupError as exc:
             the_plan.s3_problem = str(exc)
         except Exception as exc:
@@ -416,11 +443,24 @@ def keep_catalog(db_path: Path) -> None:
     os.replace(partial, target)
 
 
-def write_sites(settings: Settings, the_plan: Plan) -> None:
+def site_document(the_plan: Plan) -> dict:
     entry = {"name": the_plan.site, "path": str(the_plan.root), "enabled": True}
     if the_plan.db:
         entry["db"] = the_plan.db
-    save_sites(settings.sites_file, {"sites": [entry]})
+    return {"sites": [entry]}
+
+
+def check_site(settings: Settings, the_plan: Plan) -> None:
+    """The sites.json the legacy values give, checked while planning (a dry run says it too)."""
+    try:
+        parse_sites(site_document(the_plan), str(settings.sites_file))
+    except ConfigError as exc:
+        raise BackupError("the legacy .env gives a site that would not load: " + "; ".join(exc.problems)
+                          + " (fix it in the legacy .env, then run doit migrate again)") from None
+
+
+def write_sites(settings: Settings, the_plan: Plan) -> None:
+    save_sites(settings.sites_file, site_document(the_plan))
 
 
 def fill_catalog(db_path: Path, site: str, server_id: str) -> None:
@@ -579,7 +619,10 @@ def retire_old_rows(db_path: Path, server_id: str) -> None:
 
 
 def write_env(settings: Settings, the_plan: Plan) -> None:
-    write_atomic(settings.env_path, env_text(the_plan.env, the_plan.unmapped).encode(), 0o600)
+    text = env_text(the_plan.env, the_plan.unmapped).encode()
+    if settings.env_path.exists() and (old := settings.env_path.read_bytes()) != text:  # the one it replaces
+        write_atomic(settings.env_path.with_name(".env.bak"), old, 0o600)
+    write_atomic(settings.env_path, text, 0o600)
     os.chmod(settings.env_path, 0o600)
 
 
