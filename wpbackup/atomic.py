@@ -14,6 +14,7 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
     partial = path.with_name(path.name + ".tmp")
     try:
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        os.fchmod(fd, mode)  # a leftover temporary file keeps its own mode through O_CREAT
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

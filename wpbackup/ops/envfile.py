@@ -20,7 +20,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -159,21 +158,9 @@ def backup_path(path: Path) -> Path:
 
 def _copy_backup(path: Path) -> Path:
     """PATH.bak, a 0600 copy of the file as it was, written atomically too (a copy cut off
-    half-way must never replace a good .bak)."""
+    half-way must never replace a good .bak); .env and sites.json are small."""
     target = backup_path(path)
-    partial = target.with_name(target.name + ".tmp")
-    try:
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with open(path, "rb") as source, os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), 0o600)
-            shutil.copyfileobj(source, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(partial, target)
-    except OSError as exc:
-        if partial.exists():
-            partial.unlink()
-        raise disk_error(target, exc) from None
+    write_atomic(target, path.read_bytes(), 0o600)
     return target
 
 
@@ -187,10 +174,6 @@ def save(path: Path, data: bytes) -> Path | None:
     except OSError as exc:
         raise disk_error(path, exc) from None
     write_atomic(path, data, 0o600)
-    try:
-        os.chmod(path, 0o600)  # a leftover temporary file of another mode is reused by O_CREAT
-    except OSError as exc:
-        raise disk_error(path, exc) from None
     return previous
 
 

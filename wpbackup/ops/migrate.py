@@ -26,7 +26,6 @@ import ipaddress
 import json
 import os
 import re
-import shutil
 import sqlite3
 from contextlib import closing
 from dataclasses import dataclass, field, replace
@@ -412,20 +411,15 @@ def describe_plan(the_plan: Plan, settings: Settings, target: Settings) -> list[
 # --- the steps ---------------------------------------------------------------------------------
 
 def keep_copy(source: Path, target: Path) -> None:
-    """A 0600 copy kept aside, written once (a later run never overwrites the original's copy)."""
+    """A 0600 copy kept aside, written once (a later run never overwrites the original's copy);
+    a .env is small, so it is read whole and written with write_atomic."""
     if target.exists():
         return
-    partial = target.with_name(target.name + ".tmp")
     try:
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with open(source, "rb") as src, os.fdopen(fd, "wb") as out:
-            shutil.copyfileobj(src, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(partial, target)
+        data = source.read_bytes()
     except OSError as exc:
-        partial.unlink(missing_ok=True)
-        raise disk_error(target, exc) from None
+        raise disk_error(source, exc) from None
+    write_atomic(target, data, 0o600)
 
 
 def keep_catalog(db_path: Path) -> None:
@@ -623,7 +617,6 @@ def write_env(settings: Settings, the_plan: Plan) -> None:
     if settings.env_path.exists() and (old := settings.env_path.read_bytes()) != text:  # the one it replaces
         write_atomic(settings.env_path.with_name(".env.bak"), old, 0o600)
     write_atomic(settings.env_path, text, 0o600)
-    os.chmod(settings.env_path, 0o600)
 
 
 # --- the whole -----------------------------------------------------------------------------------
