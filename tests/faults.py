@@ -13,7 +13,8 @@ It also imitates S3-compatible providers as they are, one switch each:
 - ``head_missing_403``: HEAD of a missing key answered 403 (AWS, for a key without s3:ListBucket);
 - ``deny_list_uploads`` / ``deny_list_objects``: ListMultipartUploads / ListObjects answered
   403 AccessDenied (a least-privilege key); ``deny_writes``: every PUT and POST answered 403
-  AccessDenied (a key that may not write at all); ``unavailable``: every request answered 503.
+  AccessDenied (a key that may not write at all); ``unavailable``: every request answered 503;
+  ``refuse_part_copy``: UploadPartCopy answered 501 NotImplemented (providers without it).
 moto dates every multipart upload 2010-11-10; the proxy gives the ones created through it
 their real time in ListMultipartUploads (``initiated``, UploadId -> datetime, which a test may
 set back to age an upload), as a real provider would."""
@@ -63,6 +64,7 @@ class S3Proxy:
         self.deny_list_objects = False
         self.deny_writes = False
         self.unavailable = False
+        self.refuse_part_copy = False
         self.initiated: dict[str, datetime] = {}  # UploadId -> when it was created through the proxy
         self.requests: list[tuple[str, str, dict[str, str]]] = []  # (method, path, headers) as received
         self.etags: dict[str, str] = {}  # fake ETag -> moto's
@@ -123,6 +125,8 @@ class S3Proxy:
                         proxy.deny_list_objects and kind == "list_objects") or (
                         proxy.deny_writes and self.command in ("PUT", "POST")):
                     return 403, "AccessDenied", "Access Denied"
+                if proxy.refuse_part_copy and kind == "part" and self.headers.get("x-amz-copy-source"):
+                    return 501, "NotImplemented", "A header you provided implies functionality that is not implemented"
                 if proxy.refuse_delete and kind in ("delete", "delete_objects"):
                     return 503, "ServiceUnavailable", "refused by the test proxy"
                 return None
@@ -181,6 +185,15 @@ class S3Proxy:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
+
+    def sent(self) -> int:
+        """Bytes of request bodies PUT through the proxy: what went over the wire to S3."""
+        with self.lock:
+            return sum(int(h.get("content-length") or 0) for m, _, h in self.requests if m == "PUT")
+
+    def part_copies(self) -> int:
+        with self.lock:
+            return sum(1 for m, _, h in self.requests if m == "PUT" and h.get("x-amz-copy-source"))
 
     def fake_etag(self, etag: str) -> str:
         """The ETag a provider with SSE-KMS would show for moto's: other hex, "-N" kept."""

@@ -21,7 +21,8 @@ from botocore.exceptions import ClientError
 from wpbackup.backup import steps
 from wpbackup.config.settings import Settings
 from wpbackup.retention.prune import delete_objects
-from wpbackup.storage.s3 import make_client, remember_abort, retry_aborts, upload_archive
+from wpbackup.storage.s3 import make_client, remember_abort, retry_aborts
+from wpbackup.storage.upload import upload_archive
 
 from .conftest import make_site
 

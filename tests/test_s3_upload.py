@@ -13,7 +13,8 @@ import pytest
 
 from wpbackup.config.settings import Settings
 from wpbackup.errors import BackupError
-from wpbackup.storage.s3 import make_client, upload_archive, verify_object
+from wpbackup.storage.s3 import make_client, verify_object
+from wpbackup.storage.upload import upload_archive
 
 
 def _archive(tmp_path, size: int = 3000):
@@ -107,7 +108,7 @@ def test_one_client_per_configuration_and_process(tmp_path):
 def test_the_upload_state_is_rewritten_at_most_once_a_second_past_64_parts(tmp_path):
     """Each rewrite holds every part (quadratic at 10,000 parts); a part not yet recorded when
     the process dies is only sent again, and the final save records them all."""
-    from wpbackup.storage.s3 import _State
+    from wpbackup.storage.upload import _State
 
     path = tmp_path / "upload-state.json"
     state = _State(path)

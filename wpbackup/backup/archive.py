@@ -28,6 +28,17 @@ from pathlib import Path
 import zstandard
 
 from wpbackup.atomic import write_atomic
+from wpbackup.backup.frames import (
+    Crc,
+    Frame,
+    FrameWriter,
+    Index,
+    Previous,
+    Reuse,
+    index_path,
+    load_index,
+    save_index,
+)
 from wpbackup.backup.tarstream import (
     CHUNK,
     TreeStats,
@@ -35,10 +46,11 @@ from wpbackup.backup.tarstream import (
     end_of_archive,
     header,
     padding,
+    walk,
     write_file,
-    write_tree,
 )
 from wpbackup.backup.writeback import Pacer
+from wpbackup.console import log
 from wpbackup.errors import BackupError, disk_error
 
 # sha256 (and part checksum) state of a files part written by this process, so compress need
@@ -206,35 +218,43 @@ def archive_name(site: str, stamp: str) -> str:
 class FilesPart:
     size: int
     stats: TreeStats
+    reuse: Reuse
+    source: str | None  # the archive whose frames were reused or matched
+
+
+def frames_path(files_part: Path) -> Path:
+    """The files part's frame list, beside it in the run folder until the archive's index."""
+    return index_path(files_part)
 
 
 def write_files_part(root: Path, files: str, wp_config: Path, excludes: tuple[str, ...],
                      skip: set[tuple[int, int]], target: Path, level: int, threads: int,
-                     progress: Callable[[int], None] | None = None, parts: PartDigests | None = None) -> FilesPart:
-    """Stream wp-config.php and the site files into zstd frames at ``target`` (atomic);
-    with ``parts``, the checksum of each upload part is computed on the way."""
+                     progress: Callable[[int], None] | None = None, parts: PartDigests | None = None,
+                     previous: Path | None = None) -> FilesPart:
+    """Stream wp-config.php and the site files into stable zstd frames at ``target``
+    (atomic; frames.py), reusing the frames of the ``previous`` archive where its index
+    says the members are unchanged; with ``parts``, the checksum of each upload part is
+    computed on the way."""
     partial = target.with_name(target.name + ".tmp")
     stats = TreeStats()
+    old = load_index(index_path(previous)) if previous else None
     try:
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         sink = HashingWriter(fd, parts=parts)
+        writer = FrameWriter(sink, level, threads, stats, Previous(old, previous, level) if old else None, progress)
         try:
-            with compressor(level, threads).stream_writer(sink, closefd=False, write_size=CHUNK) as out:
-                in_tree = files == "all" and wp_config.parent == root
-                if not in_tree:
-                    counted = stats.files, stats.bytes
-                    write_file(out, wp_config, "wp-config.php", stats)
-                    if files != "all":  # with `files: all` every regular file counts, the config too
-                        stats.files, stats.bytes = counted
-                    else:  # the config came from the parent: the root's own (a dangling link) must not replace it
-                        excludes = (*excludes, "wp-config.php")
-                write_tree(out, root, "" if files == "all" else "wp-content", excludes, skip, stats, progress)
+            try:
+                _write_members(writer, root, files, wp_config, excludes, skip, stats)
+            finally:
+                frames = writer.finish()
             sink.close()
             # no fsync here: the archive is fsynced once, whole, before it gets its final name;
             # a files part cut short by a crash is noticed by the compress stage and redone
         finally:
             sink.abandon()
             os.close(fd)
+        save_index(frames_path(target), Index(target.name, sink.written, "", level, frames,
+                                              old.archive if old else None))
         os.replace(partial, target)
     except OSError as exc:
         raise disk_error(partial, exc) from None
@@ -243,7 +263,25 @@ def write_files_part(root: Path, files: str, wp_config: Path, excludes: tuple[st
             partial.unlink()
     with _hash_lock:
         _hash_cache[str(target)] = (sink.written, sink.digest, sink.parts)
-    return FilesPart(sink.written, stats)
+    return FilesPart(sink.written, stats, writer.reuse, old.archive if old else None)
+
+
+def _write_members(writer: FrameWriter, root: Path, files: str, wp_config: Path, excludes: tuple[str, ...],
+                   skip: set[tuple[int, int]], stats: TreeStats) -> None:
+    in_tree = files == "all" and wp_config.parent == root
+    if not in_tree:
+        counted = stats.files, stats.bytes
+
+        def config(out) -> None:
+            write_file(out, wp_config, "wp-config.php", stats)
+
+        writer.single(config)
+        if files != "all":  # with `files: all` every regular file counts, the config too
+            stats.files, stats.bytes = counted
+        else:  # the config came from the parent: the root's own (a dangling link) must not replace it
+            excludes = (*excludes, "wp-config.php")
+    for entry in walk(root, "" if files == "all" else "wp-content", excludes, skip, stats):
+        writer.add(entry)
 
 
 def _resume_digests(path: Path, size: int, parts: PartDigests | None):
@@ -297,35 +335,55 @@ def finish_archive(files_part: Path, files_part_size: int, tar_written: int, dum
         fd = os.open(files_part, os.O_WRONLY | os.O_APPEND)
         sink = HashingWriter(fd, digest, files_part_size, parts)
         try:
-            written = tar_written
-            with compressor(level, threads).stream_writer(sink, closefd=False, write_size=CHUNK) as out:
-                st = dump.stat()
-                info_head = _dump_header(st)
-                out.write(info_head)
-                with open(dump, "rb") as source:
-                    while chunk := source.read(CHUNK):
-                        out.write(chunk)
-                        if progress:
-                            progress(len(chunk))
-                out.write(padding(st.st_size))
-                written += len(info_head) + st.st_size + len(padding(st.st_size))
-                body = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
-                member = bytes_member("manifest.json", body, st.st_mtime)
-                out.write(member)
-                written += len(member)
-                out.write(end_of_archive(written))
+            frames = _append_rest(sink, tar_written, dump, manifest, level, threads, progress)
             sink.close()
             os.fsync(fd)  # the whole archive, files part included, before the final name
         finally:
             sink.abandon()
             os.close(fd)
+        index = load_index(frames_path(files_part))
         os.chmod(files_part, 0o600)
         os.replace(files_part, archive)
     except OSError as exc:
         if files_part.exists():
             os.truncate(files_part, files_part_size)
         raise disk_error(archive, exc) from None
+    if index is not None and index.size == files_part_size:  # the next night's reuse, and this upload's copies
+        index.archive, index.size, index.sha256 = archive.name, sink.written, sink.digest.hexdigest()
+        index.frames += frames
+        try:
+            save_index(index_path(archive), index)
+        except OSError as exc:  # only tomorrow's reuse is lost
+            log.warning("could not write %s: %s", index_path(archive), exc.strerror)
     return Finished(sink.digest.hexdigest(), sink.written, parts.hexdigests() if parts else None)
+
+
+def _append_rest(sink: HashingWriter, tar_written: int, dump: Path, manifest: dict, level: int, threads: int,
+                 progress: Callable[[int], None] | None) -> list[Frame]:
+    """database.sql in a frame of its own (restore loads it from there at once), then the
+    manifest and the end blocks in the last frame."""
+    frames = []
+    start, counted = sink.written, Crc(sink)
+    st = dump.stat()
+    with compressor(level, threads).stream_writer(counted, closefd=False, write_size=CHUNK) as out:
+        info_head = _dump_header(st)
+        out.write(info_head)
+        with open(dump, "rb") as source:
+            while chunk := source.read(CHUNK):
+                out.write(chunk)
+                if progress:
+                    progress(len(chunk))
+        out.write(padding(st.st_size))
+    written = len(info_head) + st.st_size + len(padding(st.st_size))
+    frames.append(Frame(start, sink.written - start, counted.crc, written))
+    start, counted = sink.written, Crc(sink)
+    body = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    member = bytes_member("manifest.json", body, st.st_mtime)
+    tail = member + end_of_archive(tar_written + written + len(member))
+    with compressor(level, threads).stream_writer(counted, closefd=False, write_size=CHUNK) as out:
+        out.write(tail)
+    frames.append(Frame(start, sink.written - start, counted.crc, len(tail)))
+    return frames
 
 
 def _dump_header(st: os.stat_result) -> bytes:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import threading
 from collections.abc import Callable
@@ -23,7 +24,8 @@ from pathlib import Path
 
 from wpbackup import __version__
 from wpbackup.atomic import write_atomic
-from wpbackup.backup import archive, runs
+from wpbackup.backup import archive, frames, runs
+from wpbackup.backup.frames import INDEX_SUFFIX
 from wpbackup.backup.runs import Run
 from wpbackup.config.settings import Settings
 from wpbackup.config.sites import SITE_NAME_RE, Site
@@ -39,13 +41,12 @@ from wpbackup.storage.s3 import (
     make_client,
     object_key,
     part_size_for,
-    recorded_upload,
     remember_abort,
     retry_aborts,
     server_prefix,
     sweep_uploads,
-    upload_archive,
 )
+from wpbackup.storage.upload import CopySource, recorded_upload, upload_archive
 
 STAGES = ("dump", "tar", "compress", "upload", "catalog")
 
@@ -347,11 +348,12 @@ def tar_stage(settings: Settings, site: Site, run: Run) -> dict:
         if site.files == "wp-content" and not (site.path / "wp-content").is_dir():
             raise BackupError(f"site {site.name}: {site.path / 'wp-content'} does not exist")
         progress = Progress(f"{site.name} tar")
+        previous = previous_archive(settings, site, run)
         part = archive.write_files_part(
             site.path, site.files, wp_config, site.excludes, _skip_set(settings),
             run.folder / "files.part.zst", settings.zstd_level, settings.zstd_threads, progress.add,
-            part_plan(settings))
-        stats = part.stats
+            None if previous else part_plan(settings), previous)
+        stats, reuse = part.stats, part.reuse
         receipt = run.write_receipt("tar", {
             "size": part.size, "written": stats.written, "files": stats.files, "bytes": stats.bytes,
             "dirs": stats.dirs, "links": stats.links, "warnings": stats.warnings,
@@ -359,13 +361,27 @@ def tar_stage(settings: Settings, site: Site, run: Run) -> dict:
             "followed": stats.followed, "followed_count": stats.followed_count,
             "left_out": stats.left_out, "left_out_count": stats.left_out_count,
             "wordpress_version": wordpress_version(site.path), "seconds": round(progress.elapsed, 2),
+            "reused_from": part.source, "reused_files": reuse.files, "reused_bytes": reuse.bytes,
+            "reused_frames": reuse.frames, "matched_frames": reuse.matched,
         })
+        reused = (f"; {reuse.files} unchanged files ({human_bytes(reuse.bytes)}) copied from {part.source}"
+                  if reuse.files else "")
         _info(settings, site, run, f"{stats.files} files ({human_bytes(stats.bytes)}) archived "
-                                   f"in {progress.elapsed:.1f}s")
+                                   f"in {progress.elapsed:.1f}s{reused}")
         for line in _tree_notes(stats):
             _info(settings, site, run, line)
         return receipt
     return guarded("tar", settings, site, run, work)
+
+
+def previous_archive(settings: Settings, site: Site, run: Run) -> Path | None:
+    """The newest archive of the site before this run's that has a frame index (the archive
+    itself may be gone: its frames can then still be matched, see frames.py)."""
+    current = archive.archive_name(site.name, run.stamp)
+    pattern = re.compile(re.escape(site.name) + r"-backup-\d{8}-\d{6}\.tar\.zst")
+    names = sorted(p.name[:-len(INDEX_SUFFIX)] for p in settings.backup_dir.glob(f"{site.name}-backup-*{INDEX_SUFFIX}"))
+    older = [name for name in names if pattern.fullmatch(name) and name < current]
+    return settings.backup_dir / older[-1] if older else None
 
 
 def _tree_notes(stats: archive.TreeStats) -> list[str]:
@@ -578,28 +594,46 @@ def upload_stage(settings: Settings, site: Site, run: Run) -> dict:
                 {"site": site.name, "server-id": settings.server_id}, run.folder / "upload-state.json",
                 storage_class=settings.s3_storage_class, checksum=settings.s3_checksum,
                 part_size=part_size, part_sums=written_sums(run, made, part_size, settings.s3_checksum),
-                pending=pending_aborts(settings), progress=progress.add)
+                pending=pending_aborts(settings), progress=progress.add, copy=copy_source(settings, site, path))
         except BackupError:
             raise
         except Exception as exc:
             raise describe(exc, settings.s3_endpoint_url, settings.s3_bucket) from None
-        if result.moved:
-            _info(settings, site, run, result.moved)
+        for line in (result.moved, result.note):
+            if line:
+                _info(settings, site, run, line)
         uploaded_at = catalog.now_utc()
         receipt = run.write_receipt("upload", {
             "key": result.key, "bucket": settings.s3_bucket, "endpoint": settings.s3_endpoint_url,
             "size": result.size, "sha256": made["sha256"], "etag": result.etag,
             "verified_by": result.verified_by, "parts": result.parts, "resumed_parts": result.resumed_parts,
             "uploaded_at": uploaded_at, "seconds": round(progress.elapsed, 2),
-            "assembly_seconds": result.assembly_seconds,
+            "assembly_seconds": result.assembly_seconds, "copied_parts": result.copied_parts, "sent": result.sent,
         })
         resumed = f", {result.resumed_parts} parts resumed" if result.resumed_parts else ""
+        if result.copied_parts:
+            resumed += (f", {human_bytes(result.sent)} sent and {result.copied_parts} parts copied inside S3 "
+                        "from the previous archive")
         slow = (f" ({result.assembly_seconds:.1f}s of it the provider joining the parts)"
                 if result.assembly_seconds >= 1 else "")
         _info(settings, site, run, f"uploaded to s3://{settings.s3_bucket}/{key} and verified "
                                    f"({result.verified_by}){resumed} in {progress.elapsed:.1f}s{slow}")
         return receipt
     return guarded("upload", settings, site, run, work)
+
+
+def copy_source(settings: Settings, site: Site, path: Path) -> CopySource | None:
+    """Last night's S3 object, when tonight's archive reused its frames (its index names it)
+    and the catalog knows its copy in this bucket: the upload copies those bytes inside S3."""
+    index = frames.load_index(frames.index_path(path))
+    if not index or not index.source or index.size != path.stat().st_size:
+        return None
+    row = catalog.s3_copy(settings.db_path, settings.server_id, site.name, index.source, settings.s3_bucket,
+                          settings.s3_endpoint_url)
+    if row is None:
+        return None
+    return CopySource(row["filename"], row["file_size"], row["sha256"], index.source,
+                      [(f.offset, f.length, f.source) for f in index.frames])
 
 
 def keep_local(settings: Settings, site: Site, run: Run, current: str) -> None:

@@ -324,38 +324,47 @@ def write_tree(out: BinaryIO, root: Path, start: str, excludes: Iterable[str],
                progress: Callable[[int], None] | None = None) -> None:
     """Write every member below root/start to ``out`` (no end-of-archive blocks)."""
     for entry in walk(root, start, excludes, skip, stats):
-        mode = entry.st.st_mode
-        if entry.linkname is not None:
-            info = _info(entry.name, entry.st)
-            info.type, info.mode, info.linkname = tarfile.SYMTYPE, 0o777, entry.linkname
-            chunk = header(info)
-            out.write(chunk)
-            stats.links += 1
-            stats.written += len(chunk)
-        elif stat.S_ISDIR(mode):
-            info = _info(entry.name, entry.st)
-            info.type = tarfile.DIRTYPE
-            chunk = header(info)
-            out.write(chunk)
-            stats.dirs += 1
-            stats.written += len(chunk)
-        elif stat.S_ISREG(mode):
-            write_file(out, entry.path, entry.name, stats, progress)
-        else:
-            stats.warn(f"{entry.name}: skipped (not a regular file, folder or link)")
+        write_entry(out, entry, stats, progress)
+
+
+def write_entry(out: BinaryIO, entry: Entry, stats: TreeStats,
+                progress: Callable[[int], None] | None = None) -> os.stat_result | None:
+    """One member of the walk; for a regular file, the stat its header was made from (None
+    when it could not be opened, or for other members)."""
+    mode = entry.st.st_mode
+    if entry.linkname is not None:
+        info = _info(entry.name, entry.st)
+        info.type, info.mode, info.linkname = tarfile.SYMTYPE, 0o777, entry.linkname
+        chunk = header(info)
+        out.write(chunk)
+        stats.links += 1
+        stats.written += len(chunk)
+    elif stat.S_ISDIR(mode):
+        info = _info(entry.name, entry.st)
+        info.type = tarfile.DIRTYPE
+        chunk = header(info)
+        out.write(chunk)
+        stats.dirs += 1
+        stats.written += len(chunk)
+    elif stat.S_ISREG(mode):
+        return write_file(out, entry.path, entry.name, stats, progress)
+    else:
+        stats.warn(f"{entry.name}: skipped (not a regular file, folder or link)")
+    return None
 
 
 def write_file(out: BinaryIO, path: Path, name: str, stats: TreeStats,
-               progress: Callable[[int], None] | None = None) -> None:
-    """One regular file as a member; its size is fixed by fstat of the opened file."""
+               progress: Callable[[int], None] | None = None) -> os.stat_result | None:
+    """One regular file as a member; its size is fixed by fstat of the opened file (returned;
+    None when the file could not be opened)."""
     try:
         handle = open(path, "rb", buffering=0)
     except FileNotFoundError:
         stats.cannot_read(name, "vanished before it was read")
-        return
+        return None
     except OSError as exc:
         stats.cannot_read(name, f"cannot read: {exc.strerror}")
-        return
+        return None
     with handle:
         st = os.fstat(handle.fileno())
         info = _info(name, st)
@@ -372,6 +381,7 @@ def write_file(out: BinaryIO, path: Path, name: str, stats: TreeStats,
     stats.files += 1
     stats.bytes += size
     stats.written += len(head) + size + len(pad)
+    return st
 
 
 def _copy_body(out: BinaryIO, handle: BinaryIO, name: str, size: int, stats: TreeStats,

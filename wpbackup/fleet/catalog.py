@@ -218,6 +218,19 @@ def successes(path: Path, site: str) -> list[sqlite3.Row]:
         ).fetchall()
 
 
+def s3_copy(path: Path, server_id: str, site: str, archive_name: str, bucket: str,
+            endpoint: str | None) -> sqlite3.Row | None:
+    """The S3 copy of an archive in this bucket and endpoint that prune has not deleted (the
+    copy source of a later upload), newest first."""
+    if not path.exists():
+        return None
+    with closing(connect(path)) as conn:
+        return conn.execute(
+            "SELECT filename, file_size, sha256 FROM s3_archives WHERE server_id = ? AND site_name = ? "
+            "AND archive_name = ? AND s3_bucket = ? AND s3_endpoint IS ? AND deleted_at IS NULL "
+            "ORDER BY id DESC LIMIT 1", (server_id, site, archive_name, bucket, endpoint)).fetchone()
+
+
 def archived_names(path: Path, server_id: str, site: str) -> set[str]:
     """Names of this site's archives that ever reached S3 (an s3_archives row, verified when
     uploaded, whether prune deleted that copy since or not): a local archive without one is

@@ -47,12 +47,13 @@ def local_excess(settings: Settings, site_name: str) -> list[str]:
 
 
 def remove_local(settings: Settings, names: list[str]) -> list[str]:
-    """Delete archives (and their .sha256) from BACKUP_DIR; returns the names now gone. One
+    """Delete archives (and their .sha256 and .frames) from BACKUP_DIR; returns the names now gone. One
     that cannot be deleted is warned about and left: the next LOCAL_KEEP tries again."""
     removed = []
     for name in names:
         try:
-            for path in (settings.backup_dir / name, settings.backup_dir / f"{name}.sha256"):
+            for path in (settings.backup_dir / name, settings.backup_dir / f"{name}.sha256",
+                         settings.backup_dir / f"{name}.frames"):
                 path.unlink(missing_ok=True)
         except OSError as exc:
             log.warning("could not remove %s from %s: %s", name, settings.backup_dir, exc.strerror)
