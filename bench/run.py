@@ -1,27 +1,40 @@
 """Backup benchmark: one command, ratios against baselines measured in the same run.
 
-    python bench/run.py [--size 200M] [--repeat 3] [--checksum none|crc32]
-                        [--skip-restic] [--skip-scale] [--skip-restore]
+    python bench/run.py [--size 200M] [--repeat 3] [--checksum none|crc32] [--throttle MBPS]
+                        [--skip-restic] [--skip-second] [--skip-scale] [--skip-restore]
 
 It generates a realistic site (bench/sitegen.py) on a throwaway MariaDB, starts moto's S3
-server as its own process, then alternates, round after round (see ORDERS), three ways to back
+server as its own process behind a counting proxy (bench/throttle.py, which every contender's
+S3 traffic goes through), then alternates, round after round (see ORDERS), three ways to back
 it up to S3, each on a fresh moto process:
-  ours    `doit backup` (dump beside tar, one archive, verified upload)
+  ours    `doit backup` (dump beside tar, one archive, verified upload; a fresh install each round)
   shell   mariadb-dump | zstd -T0 -3; tar | zstd -T0 -3; aws s3 cp (both files), sequential
   restic  mariadb-dump > dump.sql; restic backup dump.sql wp-content (a first backup, new repo)
 For each: wall time, CPU time (all child processes), peak RSS of the process tree, bytes the
-tree wrote to local disk, and what ended up in S3. Then the machine's limit for compression
-(`zstd -T0 -3` over the same input), a resumed run (S3 refuses after 3 parts, then the
-re-run), and the per-site overhead with 50 small sites plus `doit list` with 200 sites.
-Then restores of our newest archive into a fresh folder and database, alternating
+tree wrote to local disk, what ended up in S3, and what went up to it (request bodies) in how
+many requests. Right after its own first backup, on the same moto, ours and restic back up
+the second night (class Night: uploads rewritten, a new upload, posts and postmeta written;
+undone before the next contender's first backup):
+  ours    `doit backup` again on the same install (LOCAL_KEEP=2: the first archive stays, locally and in S3)
+  restic  a fresh dump, then restic backup into the same repository, with its cache
+with the same figures plus the UploadPartCopy requests (parts S3 copies from an object it has).
+Then the machine's limit for compression (`zstd -T0 -3` over the same input), a resumed run
+(S3 refuses after 3 parts, then the re-run), and the per-site overhead with 50 small sites
+plus `doit list` with 200 sites. Then restores of our newest archive (the last round's second
+night's, if any) into a fresh folder and database, alternating
   ours    `doit restore --site site --target DIR --database DB --force` (checksum, safe extraction)
   shell   `zstd -dc ARCHIVE | tar -x -C DIR`, then `mariadb DB < DIR/database.sql`
-Medians are printed with the ratios ours/shell and ours/restic (ours/shell for restores).
+Medians are printed with the ratios ours/shell and ours/restic (ours/shell for restores), and
+for the second night ours second/first and ours/restic.
 
 --checksum picks the S3 checksum settings, the same for ours and the AWS CLI: `none` (default:
 Content-MD5 only, what every S3-compatible provider accepts; ours S3_CHECKSUM=none, the CLI
 with checksums `when_required`) or `crc32` (ours S3_CHECKSUM=crc32, the CLI at its own
 default, CRC32). restic is the same in both.
+
+--throttle MBPS limits what goes up to S3 to MBPS MB/s (10**6 bytes a second), one token
+bucket shared by every connection, as one uplink: every S3 figure (first backups, second
+night, resume, scale) is then measured through it. Without it the proxy only counts.
 """
 
 from __future__ import annotations
@@ -38,6 +51,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -46,7 +60,9 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
+from bench import sitegen  # noqa: E402
 from bench.sitegen import database_sql, parse_size, write_site  # noqa: E402
+from bench.throttle import ThrottleProxy  # noqa: E402
 from tests.faults import S3Proxy  # noqa: E402
 from tests.servers import MariaDB, free_port  # noqa: E402
 
@@ -58,6 +74,7 @@ KEY, SECRET = "bench-key", "bench-secret"
 ORDERS = (("ours", "shell", "restic"), ("shell", "restic", "ours"), ("restic", "ours", "shell"),
           ("ours", "restic", "shell"), ("restic", "shell", "ours"), ("shell", "ours", "restic"))
 PAUSE = 5.0
+NIGHT_UPLOADS, NIGHT_NEW, NIGHT_POSTS = 20, 5 << 20, 20  # what the second night changes (issue 18)
 
 
 class Sampler(threading.Thread):
@@ -170,6 +187,156 @@ def make_install(folder: Path, sites: list[dict], env: dict[str, str]) -> dict:
     return {**os.environ, "WPBACKUP_ENV": str(folder / ".env"), "PYTHONUNBUFFERED": "1"}
 
 
+class Night:
+    """The second night's changes: NIGHT_UPLOADS of the site's uploads rewritten with new
+    content (the same ones every time, same size), one new upload of NIGHT_NEW bytes and
+    NIGHT_POSTS posts with their postmeta rows. Applied before a contender's second backup and
+    undone after it, so every first backup sees the same site: the rewritten uploads stay
+    rewritten (random bytes of the same sizes either way), the new upload and rows go."""
+
+    def __init__(self, site: Path, mariadb: MariaDB):
+        self.site, self.mariadb = site, mariadb
+        self.changed = sitegen.pick_uploads(site, NIGHT_UPLOADS)
+        self.changed_bytes = sum(p.stat().st_size for p in self.changed)
+        self.last_post = int(mariadb.sql("SELECT MAX(ID) FROM wp_posts", database="bench"))
+        self.last_meta = int(mariadb.sql("SELECT MAX(meta_id) FROM wp_postmeta", database="bench"))
+        self.new_upload = site / "wp-content" / "uploads" / time.strftime("%Y/%m") / "night-upload.jpg"
+        self.made: list[Path] = []  # folders apply() created, for undo() to remove
+
+    def apply(self) -> None:
+        sitegen.rewrite_files(self.changed)
+        self.made = [p for p in reversed(self.new_upload.parents) if not p.exists()]
+        self.new_upload.parent.mkdir(parents=True, exist_ok=True)
+        sitegen.write_random(self.new_upload, NIGHT_NEW)
+        self.mariadb.sql(sitegen.night_sql(self.last_post, NIGHT_POSTS), database="bench")
+
+    def undo(self) -> None:
+        self.new_upload.unlink(missing_ok=True)
+        for folder in reversed(self.made):
+            folder.rmdir()
+        self.made = []
+        self.mariadb.sql(sitegen.undo_night_sql(self.last_post, self.last_meta), database="bench")
+
+    def describe(self) -> str:
+        return (f"{len(self.changed)} uploads rewritten ({self.changed_bytes / 2**20:.1f} MiB), one new upload of "
+                f"{NIGHT_NEW / 2**20:.0f} MiB, {NIGHT_POSTS} posts with {NIGHT_POSTS * 3} postmeta rows")
+
+
+@dataclass
+class Bench:
+    """What every contender's run needs: the site, the servers and the commands around them."""
+
+    args: argparse.Namespace
+    base: Path
+    site: Path
+    mariadb: MariaDB
+    moto: MotoProcess
+    proxy: ThrottleProxy
+    dump_cmd: str
+    aws_env: dict
+    night: Night | None
+    ours_dir: Path | None = None  # this round's install of ours
+    ours_env: dict | None = None
+
+
+def settle() -> None:
+    """Before every timed run: the previous run's dirty pages written out, then a pause."""
+    subprocess.run("sync", shell=True)
+    time.sleep(PAUSE)
+
+
+def timed(bench: Bench, argv: list[str], env: dict) -> dict:
+    """measure(), plus what went through the counting proxy and moto's join meanwhile."""
+    before, joined = bench.proxy.snapshot(), bench.moto.joined()
+    result = measure(argv, env=env)
+    sent = bench.proxy.since(before)
+    result.update(sent=sent.up, down=sent.down, requests=sent.requests, part_copies=sent.part_copies,
+                  join=bench.moto.joined() - joined)
+    return result
+
+
+def new_ours_install(bench: Bench, i: int) -> None:
+    """A fresh install for each round (its first backup is a first one: no earlier archive,
+    catalog or run to build on); the previous round's goes, untimed. LOCAL_KEEP=2 keeps the
+    first night's archive beside the second's, as a real install keeps yesterday's."""
+    for old in bench.base.glob("ours-*"):
+        shutil.rmtree(old)
+    bench.ours_dir = bench.base / f"ours-{i}"
+    bench.ours_env = make_install(bench.ours_dir, [{"name": "site", "path": str(bench.site)}], {
+        "SERVER_ID": "bench", "LOCAL_KEEP": "2", "S3_ENDPOINT_URL": bench.proxy.url, "S3_BUCKET": "bench",
+        "S3_ACCESS_KEY_ID": KEY, "S3_SECRET_ACCESS_KEY": SECRET, "S3_CHECKSUM": bench.args.checksum})
+
+
+def run_ours(bench: Bench) -> dict:
+    result = timed(bench, doit("backup"), bench.ours_env)
+    archive = max((bench.ours_dir / "backups").glob("*.tar.zst"))  # the stamp in the name: the newest
+    result["stored"] = bench.moto.stored("bench/")
+    result["archive"] = archive.stat().st_size
+    joined = re.search(r"\(([\d.]+)s of it the provider joining the parts\)", result["output"])
+    result["assembly"] = float(joined.group(1)) if joined else 0.0
+    upload = re.search(r"uploaded to s3://\S+ and verified.*? in ([\d.]+)s", result["output"])
+    result["upload"] = float(upload.group(1)) if upload else None
+    return result
+
+
+def run_shell(bench: Bench) -> dict:
+    shell_dir = bench.base / "shell"
+    shutil.rmtree(shell_dir, ignore_errors=True)
+    shell_dir.mkdir()
+    url = bench.proxy.url
+    script = (f"set -eo pipefail; {bench.dump_cmd} | zstd -q -T0 -3 > {shell_dir}/db.sql.zst; "
+              f"tar -C {bench.site} -cf - wp-content | zstd -q -T0 -3 > {shell_dir}/files.tar.zst; "
+              f"for f in db.sql.zst files.tar.zst; do aws --endpoint-url {url} s3 cp "
+              f"--only-show-errors {shell_dir}/$f s3://bench/shell/$f; done")
+    result = timed(bench, ["bash", "-c", script], bench.aws_env)
+    result["stored"] = result["archive"] = bench.moto.stored("shell/")
+    return result
+
+
+def run_restic(bench: Bench, first: bool) -> dict:
+    """The first backup makes a new repository; the second backs up into the same one, with
+    its cache, from a fresh dump."""
+    work = bench.base / "restic"
+    if first:
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir()
+    repo = f"s3:{bench.proxy.url}/bench/restic"
+    init = f"restic -q -r {repo} init >/dev/null; " if first else ""
+    script = (f"set -eo pipefail; {bench.dump_cmd} > {work}/dump.sql; {init}"
+              f"restic -q -r {repo} --cache-dir {work}/cache backup {work}/dump.sql {bench.site}/wp-content")
+    result = timed(bench, ["bash", "-c", script], bench.aws_env)
+    result["stored"] = result["archive"] = bench.moto.stored("restic/")
+    return result
+
+
+def contender(bench: Bench, i: int, who: str) -> tuple[dict, dict | None]:
+    """One contender's first backup on a fresh moto and, for ours and restic, its second
+    night right after it, on the same moto (the same bucket, repository, install)."""
+    bench.moto.fresh()
+    if who == "ours":
+        new_ours_install(bench, i)
+    settle()
+    run = {"ours": lambda first: run_ours(bench), "shell": lambda first: run_shell(bench),
+           "restic": lambda first: run_restic(bench, first)}[who]
+    first = run(True)
+    second = None
+    if bench.night and who != "shell":
+        bench.night.apply()
+        try:
+            settle()
+            second = run(False)
+        finally:
+            bench.night.undo()
+    return first, second
+
+
+def run_line(label: str, result: dict) -> str:
+    return (f"{label}: {result['wall']:6.2f}s wall ({result['join']:5.2f}s of it moto joining parts), "
+            f"{result['cpu']:6.2f}s cpu, {result['rss'] / 2**20:5.0f} MiB, wrote {result['written'] / 2**20:6.0f} MiB, "
+            f"sent {result['sent'] / 2**20:7.1f} MiB in {result['requests']} requests "
+            f"({result['part_copies']} UploadPartCopy), stored {result['stored'] / 2**20:6.0f} MiB")
+
+
 def main() -> None:
     import logging
 
@@ -179,14 +346,17 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--checksum", choices=("none", "crc32"), default="none",
                         help="S3 checksum settings for ours and the AWS CLI alike (see above)")
+    parser.add_argument("--throttle", type=float, metavar="MBPS",
+                        help="limit what goes up to S3 to MBPS MB/s (10**6 bytes), shared by all connections")
     parser.add_argument("--skip-restic", action="store_true")
+    parser.add_argument("--skip-second", action="store_true", help="leave the second night out")
     parser.add_argument("--skip-scale", action="store_true")
     parser.add_argument("--skip-restore", action="store_true")
     args = parser.parse_args()
     size = parse_size(args.size)
     base = Path(tempfile.mkdtemp(prefix="wpb-bench-"))
     mariadb, moto = MariaDB(), MotoProcess()
-    db = f"127.0.0.1:{mariadb.port}"
+    proxy = ThrottleProxy(moto.url, args.throttle)  # moto keeps its port across restarts
     dump_cmd = (f"mariadb-dump --no-defaults -h127.0.0.1 -P{mariadb.port} -ubench -pbenchpass "
                 "--single-transaction --quick --routines --triggers --hex-blob bench")
     # The CLI gets the same checksum settings as ours. With none declared, moto builds a
@@ -198,81 +368,48 @@ def main() -> None:
         aws_env.update(AWS_REQUEST_CHECKSUM_CALCULATION="when_required",
                        AWS_RESPONSE_CHECKSUM_VALIDATION="when_required")
     rows: dict[str, list[dict]] = {"ours": [], "shell": [], "restic": []}
+    seconds: dict[str, list[dict]] = {"ours": [], "restic": []}
     try:
         t = time.perf_counter()
         mariadb.sql("CREATE DATABASE bench CHARACTER SET utf8mb4; CREATE USER 'bench'@'127.0.0.1' "
                     "IDENTIFIED BY 'benchpass'; GRANT ALL ON *.* TO 'bench'@'127.0.0.1';")
         mariadb.sql(database_sql(size // 10), database="bench")
         site = base / "site"
-        write_site(site, size, db, "bench", "bench", "benchpass")
+        write_site(site, size, f"127.0.0.1:{mariadb.port}", "bench", "bench", "benchpass")
         raw_dump = len(subprocess.run(dump_cmd, shell=True, capture_output=True).stdout)
         print(f"generated {args.size} in {time.perf_counter() - t:.0f}s (dump {raw_dump / 2**20:.0f} MiB)", flush=True)
-        env = make_install(base / "ours", [{"name": "site", "path": str(site)}], {
-            "SERVER_ID": "bench", "LOCAL_KEEP": "1", "S3_ENDPOINT_URL": moto.url, "S3_BUCKET": "bench",
-            "S3_ACCESS_KEY_ID": KEY, "S3_SECRET_ACCESS_KEY": SECRET, "S3_CHECKSUM": args.checksum})
-        shell_dir = base / "shell"
+        night = None if args.skip_second else Night(site, mariadb)
+        bench = Bench(args, base, site, mariadb, moto, proxy, dump_cmd, aws_env, night)
         for i in range(args.repeat):
-            order = ORDERS[i % len(ORDERS)]
-            for who in order:
+            for who in ORDERS[i % len(ORDERS)]:
                 if who == "restic" and args.skip_restic:
                     continue
-                moto.fresh()
-                subprocess.run("sync", shell=True)
-                time.sleep(PAUSE)
-                if who == "ours":
-                    for old in (base / "ours" / "backups").glob("site-backup-*"):
-                        old.unlink()  # as the shell's and restic's folders are emptied: nobody times its cleanup
-                    result = measure(doit("backup"), env=env)
-                    archive = max((base / "ours" / "backups").glob("*.tar.zst"))
-                    result["stored"] = moto.stored("bench/")
-                    result["archive"] = archive.stat().st_size
-                    joined = re.search(r"\(([\d.]+)s of it the provider joining the parts\)", result["output"])
-                    result["assembly"] = float(joined.group(1)) if joined else 0.0
-                elif who == "shell":
-                    shutil.rmtree(shell_dir, ignore_errors=True)
-                    shell_dir.mkdir()
-                    script = (f"set -eo pipefail; {dump_cmd} | zstd -q -T0 -3 > {shell_dir}/db.sql.zst; "
-                              f"tar -C {site} -cf - wp-content | zstd -q -T0 -3 > {shell_dir}/files.tar.zst; "
-                              f"for f in db.sql.zst files.tar.zst; do aws --endpoint-url {moto.url} s3 cp "
-                              f"--only-show-errors {shell_dir}/$f s3://bench/shell/$f; done")
-                    result = measure(["bash", "-c", script], env=aws_env)
-                    result["stored"] = moto.stored("shell/")
-                    result["archive"] = result["stored"]
-                else:
-                    work = base / "restic"
-                    shutil.rmtree(work, ignore_errors=True)
-                    work.mkdir()
-                    repo = f"s3:{moto.url}/bench/restic"
-                    script = (f"set -eo pipefail; {dump_cmd} > {work}/dump.sql; "
-                              f"restic -q -r {repo} init >/dev/null; "
-                              f"restic -q -r {repo} --cache-dir {work}/cache backup {work}/dump.sql "
-                              f"{site}/wp-content")
-                    result = measure(["bash", "-c", script], env=aws_env)
-                    result["stored"] = moto.stored("restic/")
-                    result["archive"] = result["stored"]
-                result["join"] = moto.joined()
-                rows[who].append(result)
-                print(f"round {i + 1} {who:6}: {result['wall']:6.2f}s wall ({result['join']:5.2f}s of it moto joining "
-                      f"parts), {result['cpu']:6.2f}s cpu, "
-                      f"{result['rss'] / 2**20:5.0f} MiB, wrote {result['written'] / 2**20:6.0f} MiB, "
-                      f"stored {result['stored'] / 2**20:6.0f} MiB", flush=True)
+                first, second = contender(bench, i, who)
+                rows[who].append(first)
+                print(run_line(f"round {i + 1} {who:6}", first), flush=True)
+                if second:
+                    seconds[who].append(second)
+                    print(run_line(f"round {i + 1} {who:6} second night", second), flush=True)
 
-        restores = [] if args.skip_restore else restore_runs(base, env, mariadb, args.repeat)
+        restores = [] if args.skip_restore else restore_runs(bench, args.repeat)
         # the machine's limit: zstd -T0 -3 over the same input (files tar + dump), to /dev/null
         limit = measure(["bash", "-c", f"set -o pipefail; ( tar -C {site} -cf - wp-content; {dump_cmd} ) "
                                        "| zstd -q -T0 -3 > /dev/null"])
-        resumed = resume_run(base, site, moto, args.checksum)
-        scale = None if args.skip_scale else scale_runs(base, mariadb, moto)
+        resumed = resume_run(bench)
+        scale = None if args.skip_scale else scale_runs(bench)
     finally:
+        proxy.stop()
         moto.stop()
         mariadb.stop()
         shutil.rmtree(base, ignore_errors=True)
-    report(args, rows, size, raw_dump, limit, resumed, scale, restores)
+    report(args, rows, seconds, night, size, raw_dump, limit, resumed, scale, restores)
 
 
-def restore_runs(base: Path, env: dict, mariadb: MariaDB, repeat: int) -> list[tuple[dict, dict]]:
-    """Our restore against zstd | tar then mariadb, alternating, from the same archive."""
-    archive = max((base / "ours" / "backups").glob("*.tar.zst"))
+def restore_runs(bench: Bench, repeat: int) -> list[tuple[dict, dict]]:
+    """Our restore against zstd | tar then mariadb, alternating, from the same archive (the
+    last round's newest: its second night's when there was one)."""
+    base, env, mariadb = bench.base, bench.ours_env, bench.mariadb
+    archive = max((bench.ours_dir / "backups").glob("*.tar.zst"))
     results = []
     for i in range(repeat):
         ours_dir, shell_dir = base / f"restore-ours-{i}", base / f"restore-shell-{i}"
@@ -293,20 +430,23 @@ def restore_runs(base: Path, env: dict, mariadb: MariaDB, repeat: int) -> list[t
     return results
 
 
-def resume_run(base: Path, site: Path, moto: MotoProcess, checksum: str) -> dict:
-    """S3 refuses after 3 parts; then the re-run. What did the re-run redo?"""
-    moto.fresh()
-    proxy = S3Proxy(moto.url)
+def resume_run(bench: Bench) -> dict:
+    """S3 refuses after 3 parts; then the re-run. What did the re-run redo, and send again?
+    The refusing proxy sits in front of the counting one (and its limit, if any)."""
+    bench.moto.fresh()
+    proxy = S3Proxy(bench.proxy.url)
     proxy.mode, proxy.after_parts = "refuse", 3
-    folder = base / "resume"
-    env = make_install(folder, [{"name": "site", "path": str(site)}], {
+    folder = bench.base / "resume"
+    env = make_install(folder, [{"name": "site", "path": str(bench.site)}], {
         "SERVER_ID": "bench", "S3_ENDPOINT_URL": proxy.url, "S3_BUCKET": "bench", "S3_ACCESS_KEY_ID": KEY,
         "S3_SECRET_ACCESS_KEY": SECRET, "S3_MAX_ATTEMPTS": "1", "S3_PART_SIZE_MB": "5",
-        "S3_CHECKSUM": checksum})
+        "S3_CHECKSUM": bench.args.checksum})
     try:
         first = measure(doit("backup"), env=env, check=False)
         proxy.mode = "pass"
+        before = bench.proxy.snapshot()
         second = measure(doit("backup"), env=env)
+        second["sent"] = bench.proxy.since(before).up
     finally:
         proxy.stop()
     import sqlite3
@@ -320,8 +460,9 @@ def resume_run(base: Path, site: Path, moto: MotoProcess, checksum: str) -> dict
     return {"first": first, "second": second, **info}
 
 
-def scale_runs(base: Path, mariadb: MariaDB, moto: MotoProcess) -> dict:
+def scale_runs(bench: Bench) -> dict:
     """50 small sites in one run (local-only, then to S3), and `doit list` with 200 sites."""
+    base, mariadb = bench.base, bench.mariadb
     mariadb.sql("CREATE DATABASE small CHARACTER SET utf8mb4")
     mariadb.sql("CREATE TABLE wp_posts (ID INT PRIMARY KEY, post_title TEXT); "
                 "INSERT INTO wp_posts SELECT seq, CONCAT('post ', seq) FROM seq_1_to_50;", database="small")
@@ -338,9 +479,9 @@ def scale_runs(base: Path, mariadb: MariaDB, moto: MotoProcess) -> dict:
     fifty = measure(doit("backup"), env=env50)
     env1 = make_install(base / "scale1", sites[:1], {"SERVER_ID": "bench"})
     one = measure(doit("backup"), env=env1)
-    to_s3 = {"SERVER_ID": "bench", "S3_ENDPOINT_URL": moto.url, "S3_BUCKET": "bench", "S3_ACCESS_KEY_ID": KEY,
-             "S3_SECRET_ACCESS_KEY": SECRET}
-    moto.fresh()
+    to_s3 = {"SERVER_ID": "bench", "S3_ENDPOINT_URL": bench.proxy.url, "S3_BUCKET": "bench",
+             "S3_ACCESS_KEY_ID": KEY, "S3_SECRET_ACCESS_KEY": SECRET}
+    bench.moto.fresh()
     fifty_s3 = measure(doit("backup"), env=make_install(base / "scale50s3", sites[:50], to_s3))
     one_s3 = measure(doit("backup"), env=make_install(base / "scale1s3", sites[:1], to_s3))
     env200 = make_install(base / "scale200", sites, {"SERVER_ID": "bench"})
@@ -349,31 +490,52 @@ def scale_runs(base: Path, mariadb: MariaDB, moto: MotoProcess) -> dict:
             "one_s3": one_s3["wall"]}
 
 
-def report(args, rows, size, raw_dump, limit, resumed, scale, restores) -> None:
+FIELDS = ("wall", "cpu", "rss", "written", "stored", "archive", "join", "sent", "requests", "part_copies")
+
+
+def medians(rows: dict[str, list[dict]]) -> dict[str, dict]:
+    """Per contender, the median of each figure over the rounds; "client" is wall less join."""
     med = statistics.median
-    print(f"\nmachine: {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM; "
-          f"site {args.size}; moto S3 in its own process; S3 checksum {args.checksum}; medians of {args.repeat}")
-    print(f"{'':8}{'wall s':>8}{'join s':>8}{'w-j s':>8}{'cpu s':>8}{'RSS MiB':>9}{'wrote MiB':>11}{'in S3 MiB':>11}")
-    medians = {}
+    out = {}
     for who, results in rows.items():
-        if not results:
-            continue
-        m = {k: med(r[k] for r in results) for k in ("wall", "cpu", "rss", "written", "stored", "archive", "join")}
-        m["client"] = med(r["wall"] - r["join"] for r in results)
-        medians[who] = m
+        if results:
+            out[who] = {k: med(r[k] for r in results) for k in FIELDS}
+            out[who]["client"] = med(r["wall"] - r["join"] for r in results)
+    return out
+
+
+def report(args, rows, seconds, night, size, raw_dump, limit, resumed, scale, restores) -> None:
+    med = statistics.median
+    uplink = f"uplink limited to {args.throttle:g} MB/s" if args.throttle else "uplink not limited"
+    print(f"\nmachine: {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM; "
+          f"site {args.size}; moto S3 in its own process behind a counting proxy, {uplink}; "
+          f"S3 checksum {args.checksum}; medians of {args.repeat}")
+    print("first backup")
+    print(f"{'':8}{'wall s':>8}{'join s':>8}{'w-j s':>8}{'cpu s':>8}{'RSS MiB':>9}{'wrote MiB':>11}"
+          f"{'in S3 MiB':>11}{'sent MiB':>10}{'reqs':>6}")
+    first = medians(rows)
+    for who, m in first.items():
         print(f"{who:8}{m['wall']:8.2f}{m['join']:8.2f}{m['client']:8.2f}{m['cpu']:8.2f}{m['rss'] / 2**20:9.0f}"
-              f"{m['written'] / 2**20:11.0f}{m['stored'] / 2**20:11.1f}")
-    print("join: moto's own time joining multipart uploads (bench/s3server.py); w-j: wall without it")
-    ours = medians["ours"]
+              f"{m['written'] / 2**20:11.0f}{m['stored'] / 2**20:11.1f}{m['sent'] / 2**20:10.1f}{m['requests']:6.0f}")
+    print("join: moto's own time joining multipart uploads (bench/s3server.py); w-j: wall without it; "
+          "sent: request bodies that went up through the proxy")
+    ours = first["ours"]
     assembly = med(r.get("assembly", 0.0) for r in rows["ours"])
     if assembly:
         print(f"ours: CompleteMultipartUpload took {assembly:.2f}s (median) as our upload line reports it")
+    uploads = [r["upload"] for r in rows["ours"] if r.get("upload") is not None]
+    if uploads:
+        ready = med(r["wall"] - r["upload"] for r in rows["ours"] if r.get("upload") is not None)
+        print(f"ours: archive ready after ~{ready:.2f}s (wall less the upload line's time), upload done after "
+              f"{med(uploads):.2f}s more, of {ours['wall']:.2f}s in all")
     for other in ("shell", "restic"):
-        if other in medians:
-            print(f"ours/{other}: wall {ours['wall'] / medians[other]['wall']:.2f}, "
-                  f"wall without moto's join {ours['client'] / medians[other]['client']:.2f}, "
-                  f"cpu {ours['cpu'] / medians[other]['cpu']:.2f}, "
-                  f"stored {ours['stored'] / medians[other]['stored']:.3f}")
+        if other in first:
+            print(f"ours/{other}: wall {ours['wall'] / first[other]['wall']:.2f}, "
+                  f"wall without moto's join {ours['client'] / first[other]['client']:.2f}, "
+                  f"cpu {ours['cpu'] / first[other]['cpu']:.2f}, "
+                  f"stored {ours['stored'] / first[other]['stored']:.3f}")
+    if any(seconds.values()):
+        second_report(night, ours, medians(seconds))
     input_bytes = size * 9 // 10 + raw_dump
     print(f"machine limit: zstd -T0 -3 over the same input {limit['wall']:.2f}s "
           f"({input_bytes / limit['wall'] / 2**20:.0f} MiB/s); ours {input_bytes / ours['wall'] / 2**20:.0f} MiB/s "
@@ -382,8 +544,9 @@ def report(args, rows, size, raw_dump, limit, resumed, scale, restores) -> None:
           f"{(ours['archive'] + raw_dump) / 2**20:.0f} MiB")
     r = resumed
     print(f"resume: first run (S3 refuses after 3 parts) {r['first']['wall']:.2f}s exit {r['first']['code']}; "
-          f"re-run {r['second']['wall']:.2f}s; dumps {r['dumps']}, tar passes {r['tars']}, archives {r['archives']} "
-          f"over both runs; {r['resumed'][0] if r['resumed'] else 'no parts resumed'}")
+          f"re-run {r['second']['wall']:.2f}s, sent {r['second']['sent'] / 2**20:.1f} MiB; dumps {r['dumps']}, "
+          f"tar passes {r['tars']}, archives {r['archives']} over both runs; "
+          f"{r['resumed'][0] if r['resumed'] else 'no parts resumed'}")
     if restores:
         ours_wall = med(o["wall"] for o, _ in restores)
         shell_wall = med(s["wall"] for _, s in restores)
@@ -394,6 +557,30 @@ def report(args, rows, size, raw_dump, limit, resumed, scale, restores) -> None:
               f"site; one site alone {scale['one']:.2f}s); to S3 {scale['fifty_s3']:.2f}s "
               f"({(scale['fifty_s3'] - scale['one_s3']) / 49:.2f}s per extra site; "
               f"one site alone {scale['one_s3']:.2f}s); doit list --all with 200 sites {scale['list200']:.2f}s")
+
+
+def second_report(night: Night, ours_first: dict, second: dict[str, dict]) -> None:
+    """The second night's table and its ratios; sent % is of our first (full) archive."""
+    full = ours_first["archive"]
+    print(f"\nsecond night ({night.describe()}), each right after its own first backup")
+    print(f"{'':8}{'wall s':>8}{'join s':>8}{'w-j s':>8}{'cpu s':>8}{'RSS MiB':>9}{'sent MiB':>10}"
+          f"{'sent %':>8}{'reqs':>6}{'copies':>8}{'in S3 MiB':>11}")
+    for who, m in second.items():
+        print(f"{who:8}{m['wall']:8.2f}{m['join']:8.2f}{m['client']:8.2f}{m['cpu']:8.2f}{m['rss'] / 2**20:9.0f}"
+              f"{m['sent'] / 2**20:10.1f}{100 * m['sent'] / full:8.1f}{m['requests']:6.0f}{m['part_copies']:8.0f}"
+              f"{m['stored'] / 2**20:11.1f}")
+    print(f"sent %: of our full archive ({full / 2**20:.1f} MiB); copies: UploadPartCopy requests; "
+          "in S3: all of the contender's objects after both nights")
+    if "ours" in second:
+        ours = second["ours"]
+        print(f"ours second/first: wall {ours['wall'] / ours_first['wall']:.2f}, "
+              f"wall without moto's join {ours['client'] / ours_first['client']:.2f}, "
+              f"sent {ours['sent'] / ours_first['sent']:.3f}")
+        if "restic" in second:
+            restic = second["restic"]
+            print(f"ours/restic second night: wall {ours['wall'] / restic['wall']:.2f}, "
+                  f"wall without moto's join {ours['client'] / restic['client']:.2f}, "
+                  f"cpu {ours['cpu'] / restic['cpu']:.2f}, sent {ours['sent'] / restic['sent']:.2f}")
 
 
 if __name__ == "__main__":

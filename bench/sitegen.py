@@ -4,6 +4,10 @@ Database: WordPress-shaped tables (posts, postmeta, comments, options) filled wi
 (`INSERT ... SELECT FROM seq_...`), not one wp_insert_post per row. Files: wp-content with
 compressible themes/plugins (PHP/JS/CSS-like text) and mostly incompressible uploads of varied
 sizes, some large. Roughly 10% of the size goes to the database, 15% to code, 75% to uploads.
+
+A night's changes, for the benchmark's second backup: uploads rewritten with new content
+(`pick_uploads`, `rewrite_files`), a new upload (`write_random`) and posts written to the
+database, with their postmeta rows (`night_sql`, undone by `undo_night_sql`).
 """
 
 from __future__ import annotations
@@ -68,6 +72,16 @@ def _code_text(rng: random.Random, size: int) -> bytes:
     return "".join(lines).encode()[:size]
 
 
+def write_random(path: Path, size: int) -> None:
+    """Fresh random bytes: uploads are already-compressed media, nothing to gain for zstd."""
+    with open(path, "wb") as handle:
+        left = size
+        while left:
+            piece = os.urandom(min(left, 1 << 20))
+            handle.write(piece)
+            left -= len(piece)
+
+
 def write_files(root: Path, files_bytes: int, seed: int = 7) -> tuple[int, int]:
     """wp-content under root: code (compressible) and uploads (random). Returns (files, bytes)."""
     rng = random.Random(seed)
@@ -92,12 +106,7 @@ def write_files(root: Path, files_bytes: int, seed: int = 7) -> tuple[int, int]:
         folder.mkdir(parents=True, exist_ok=True)
         size = rng.choice([rng.randint(20_000, 400_000)] * 8 + [rng.randint(2 << 20, 40 << 20)])
         size = min(size, upload_budget - done)
-        with open(folder / f"image-{count}.jpg", "wb") as handle:
-            left = size
-            while left:  # fresh random bytes: uploads are already-compressed media
-                piece = os.urandom(min(left, 1 << 20))
-                handle.write(piece)
-                left -= len(piece)
+        write_random(folder / f"image-{count}.jpg", size)
         done += size
         count += 1
     written += done
@@ -114,3 +123,49 @@ def write_site(root: Path, total_bytes: int, db_host: str, db_name: str, db_user
         f"define('DB_PASSWORD', '{db_password}');\ndefine('DB_HOST', '{db_host}');\n"
         "$table_prefix = 'wp_';\n")
     write_files(root, total_bytes * 90 // 100)
+
+
+def pick_uploads(root: Path, count: int, seed: int = 18, below: int = 1 << 20) -> list[Path]:
+    """`count` of the site's ordinary uploads (images under `below` bytes: write_files's
+    20-400 kB kind, not its 2-40 MiB media), the same ones for the same site and seed,
+    spread over the whole tree (a night's edits land anywhere, not only in the newest
+    folder). Picking among all uploads would rewrite a third of a 200 MiB site's upload
+    bytes some nights and a tenth on others: a night that says more about the seed than
+    about the tools."""
+    uploads = sorted(p for p in (root / "wp-content" / "uploads").rglob("*")
+                     if p.is_file() and p.stat().st_size < below)
+    return random.Random(seed).sample(uploads, min(count, len(uploads)))
+
+
+def rewrite_files(paths: list[Path]) -> int:
+    """Each file rewritten in place with new random content of the same size (an image
+    edited and saved again); returns the bytes rewritten."""
+    total = 0
+    for path in paths:
+        size = path.stat().st_size
+        write_random(path, size)
+        total += size
+    return total
+
+
+def night_sql(after_post: int, posts: int = 20) -> str:
+    """`posts` new posts with IDs after `after_post`, shaped like database_sql's (new text, so
+    nothing in them repeats an existing post), and three postmeta rows each."""
+    return f"""
+INSERT INTO wp_posts (ID, post_author, post_date, post_content, post_title, post_status, post_name, post_type)
+  SELECT {after_post} + seq, 1, NOW(),
+    CONCAT(REPEAT(CONCAT('<p>Tonight ', MD5(CONCAT('night', seq)), ' dolor sit amet 😀 </p>'), 40),
+           SHA2(CONCAT('night', seq), 512)),
+    CONCAT('Night post ', seq, ' ünïcødé'), 'publish', CONCAT('night-post-', seq), 'post'
+  FROM seq_1_to_{posts};
+INSERT INTO wp_postmeta (post_id, meta_key, meta_value)
+  SELECT {after_post} + 1 + seq DIV 3, ELT(1 + seq MOD 3, '_edit_lock', '_thumbnail_id', '_wp_page_template'),
+    MD5(CONCAT('night', seq))
+  FROM seq_0_to_{posts * 3 - 1};
+"""
+
+
+def undo_night_sql(after_post: int, after_meta: int) -> str:
+    """The database as it was before night_sql: rows past the last post and meta row go."""
+    return (f"DELETE FROM wp_postmeta WHERE meta_id > {after_meta}; "
+            f"DELETE FROM wp_posts WHERE ID > {after_post};")
