@@ -167,8 +167,16 @@ class MotoProcess:
         return sum(o["Size"] for page in pages for o in page.get("Contents", []))
 
     def joined(self) -> float:
-        """Seconds the server spent joining multipart uploads since it started (bench/s3server.py)."""
-        return sum(float(line.split()[0]) for line in self.joins.read_text().splitlines() if line.strip())
+        """Seconds the server spent joining multipart uploads and copying parts since it
+        started (bench/s3server.py), calls that overlapped (parallel copies) counted once."""
+        spans = sorted((float(f[2]), float(f[3])) for f in
+                       (line.split() for line in self.joins.read_text().splitlines()) if len(f) >= 4)
+        total, end = 0.0, float("-inf")
+        for start, stop in spans:
+            if stop > end:
+                total += stop - max(start, end)
+                end = stop
+        return total
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -517,8 +525,8 @@ def report(args, rows, seconds, night, size, raw_dump, limit, resumed, scale, re
     for who, m in first.items():
         print(f"{who:8}{m['wall']:8.2f}{m['join']:8.2f}{m['client']:8.2f}{m['cpu']:8.2f}{m['rss'] / 2**20:9.0f}"
               f"{m['written'] / 2**20:11.0f}{m['stored'] / 2**20:11.1f}{m['sent'] / 2**20:10.1f}{m['requests']:6.0f}")
-    print("join: moto's own time joining multipart uploads (bench/s3server.py); w-j: wall without it; "
-          "sent: request bodies that went up through the proxy")
+    print("join: moto's own time joining multipart uploads and copying parts (bench/s3server.py); "
+          "w-j: wall without it; sent: request bodies that went up through the proxy")
     ours = first["ours"]
     assembly = med(r.get("assembly", 0.0) for r in rows["ours"])
     if assembly:
