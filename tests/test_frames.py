@@ -35,19 +35,35 @@ def _site(root: Path) -> Path:
     return root
 
 
-def _build(root: Path, out: Path, previous: Path | None = None, stamp: str = "20261201-000000") -> tuple[Path, object]:
-    """A whole archive (files part, a small dump, the manifest) as the backup stages make it."""
+def _build(root: Path, out: Path, previous: Path | None = None, stamp: str = "20261201-000000",
+           sql: bytes = b"CREATE TABLE t (a INT);\nINSERT INTO t VALUES (1);\n") -> tuple[Path, object]:
+    """A whole archive (files part, a dump, the manifest) as the backup stages make it."""
     work = out / stamp
     work.mkdir(parents=True)
     part = archive.write_files_part(root, "wp-content", root / "wp-config.php", (), set(), work / "files.part.zst",
                                     LEVEL, 0, previous=previous)
     dump = work / "database.sql"
-    dump.write_text("CREATE TABLE t (a INT);\nINSERT INTO t VALUES (1);\n")
+    dump.write_bytes(sql)
     os.utime(dump, (1_700_000_000, 1_700_000_000))
     target = out / f"blog-backup-{stamp}.tar.zst"
-    archive.finish_archive(work / "files.part.zst", part.size, part.stats.written, dump, {"site": "blog"},
-                           target, LEVEL, 0)
+    finished = archive.finish_archive(work / "files.part.zst", part.size, part.stats.written, dump,
+                                      {"site": "blog"}, target, LEVEL, 0, previous=previous)
+    part.dump_pieces_copied = finished.dump_pieces_copied
     return target, part
+
+
+def _sql(rows: int, edited: int | None = None) -> bytes:
+    """An extended INSERT as mariadb-dump writes it, in statements of about 1 MiB."""
+    out, statement = [b"CREATE TABLE wp_posts (ID INT, post_content TEXT);\n"], []
+    for n in range(rows):
+        text = "edited " * 40 if n == edited else f"post {n} " + "lorem ipsum " * (n % 50)
+        statement.append(f"({n},'{text}')".encode())
+        if sum(map(len, statement)) > 1 << 20:
+            out.append(b"INSERT INTO wp_posts VALUES " + b",".join(statement) + b";\n")
+            statement = []
+    if statement:
+        out.append(b"INSERT INTO wp_posts VALUES " + b",".join(statement) + b";\n")
+    return b"".join(out)
 
 
 def _members(path: Path) -> list[str]:
@@ -128,7 +144,8 @@ def test_without_the_previous_archive_its_index_still_names_the_same_frames(tmp_
     second, part = _build(root, tmp_path / "out", previous=first, stamp="20261202-000000")
     assert part.reuse.frames == 0 and part.reuse.matched > 0
     index = load_index(index_path(second))
-    assert sum(1 for f in index.frames if f.source is not None) == part.reuse.matched
+    site_frames = [f for f in index.frames if f.members and f.members[0][0] != "database.sql"]
+    assert sum(1 for f in site_frames if f.source is not None) == part.reuse.matched
 
 
 def test_the_index_lists_every_frame_in_order_and_only_site_members_are_reusable(tmp_path):
@@ -136,7 +153,24 @@ def test_the_index_lists_every_frame_in_order_and_only_site_members_are_reusable
     first, _ = _build(root, tmp_path / "out")
     index = load_index(index_path(first))
     assert all(f.members is None for f in index.frames[:1])  # wp-config.php: always compressed again
-    assert index.frames[-1].members is None and index.frames[-2].members is None  # dump, tail
+    assert index.frames[-1].members is None  # the manifest and the end
+    dump = [f for f in index.frames if f.members and f.members[0][0] == "database.sql"]
+    assert dump and index.frames[index.frames.index(dump[0]) - 1].members is None  # the dump's header alone
     assert index.size == first.stat().st_size
     assert [f.offset for f in index.frames] == sorted(f.offset for f in index.frames)
     assert index.frames[-1].offset + index.frames[-1].length == index.size
+
+
+def test_an_edited_row_changes_only_the_dump_pieces_around_it(tmp_path):
+    root = _site(tmp_path / "site")
+    first, _ = _build(root, tmp_path / "out", sql=_sql(40_000))
+    pieces = [f for f in load_index(index_path(first)).frames if f.members and f.members[0][0] == "database.sql"]
+    assert len(pieces) > 6
+    sql = _sql(40_000, edited=20_000) + b"INSERT INTO wp_posts VALUES (40000,'new');\n"
+    second, part = _build(root, tmp_path / "out", previous=first, stamp="20261202-000000", sql=sql)
+    assert len(pieces) - 4 <= part.dump_pieces_copied < len(pieces)
+    assert second.read_bytes() == _build(root, tmp_path / "fresh", stamp="20261202-000000", sql=sql)[0].read_bytes()
+    extracted = tmp_path / "x"
+    extracted.mkdir()
+    subprocess.run(["tar", "--zstd", "-xf", str(second), "-C", str(extracted), "database.sql"], check=True)
+    assert (extracted / "database.sql").read_bytes() == sql

@@ -29,12 +29,13 @@ import zstandard
 
 from wpbackup.atomic import write_atomic
 from wpbackup.backup.frames import (
-    Crc,
     Frame,
     FrameWriter,
     Index,
     Previous,
     Reuse,
+    dump_identity,
+    dump_pieces,
     index_path,
     load_index,
     save_index,
@@ -318,11 +319,13 @@ class Finished:
     sha256: str
     size: int
     part_sums: list[str] | None  # hex, one per upload part (when asked for)
+    dump_pieces_copied: int = 0
 
 
 def finish_archive(files_part: Path, files_part_size: int, tar_written: int, dump: Path,
                    manifest: dict, archive: Path, level: int, threads: int,
-                   progress: Callable[[int], None] | None = None, parts: PartDigests | None = None) -> Finished:
+                   progress: Callable[[int], None] | None = None, parts: PartDigests | None = None,
+                   previous: Path | None = None) -> Finished:
     """Append database.sql, manifest.json and the end blocks to the files part, then give it
     the final name. Safe to repeat after a crash: the files part is cut back to its recorded
     size first, and the final name only appears once everything is on disk.
@@ -335,7 +338,7 @@ def finish_archive(files_part: Path, files_part_size: int, tar_written: int, dum
         fd = os.open(files_part, os.O_WRONLY | os.O_APPEND)
         sink = HashingWriter(fd, digest, files_part_size, parts)
         try:
-            frames = _append_rest(sink, tar_written, dump, manifest, level, threads, progress)
+            frames, copied = _append_rest(sink, tar_written, dump, manifest, level, threads, progress, previous)
             sink.close()
             os.fsync(fd)  # the whole archive, files part included, before the final name
         finally:
@@ -355,35 +358,33 @@ def finish_archive(files_part: Path, files_part_size: int, tar_written: int, dum
             save_index(index_path(archive), index)
         except OSError as exc:  # only tomorrow's reuse is lost
             log.warning("could not write %s: %s", index_path(archive), exc.strerror)
-    return Finished(sink.digest.hexdigest(), sink.written, parts.hexdigests() if parts else None)
+    return Finished(sink.digest.hexdigest(), sink.written, parts.hexdigests() if parts else None, copied)
 
 
 def _append_rest(sink: HashingWriter, tar_written: int, dump: Path, manifest: dict, level: int, threads: int,
-                 progress: Callable[[int], None] | None) -> list[Frame]:
-    """database.sql in a frame of its own (restore loads it from there at once), then the
-    manifest and the end blocks in the last frame."""
-    frames = []
-    start, counted = sink.written, Crc(sink)
-    st = dump.stat()
-    with compressor(level, threads).stream_writer(counted, closefd=False, write_size=CHUNK) as out:
+                 progress: Callable[[int], None] | None, previous: Path | None) -> tuple[list[Frame], int]:
+    """database.sql after a frame holding its header alone (restore finds that frame and loads
+    the dump at once), in content-defined pieces (frames.dump_pieces: those unchanged since
+    the previous archive are copied from it), then the manifest and the end blocks in the last
+    frame. Returns the frames and how many pieces of the dump were copied."""
+    old = load_index(index_path(previous)) if previous else None
+    writer = FrameWriter(sink, level, threads, TreeStats(), Previous(old, previous, level) if old else None)
+    try:
+        st = dump.stat()
         info_head = _dump_header(st)
-        out.write(info_head)
-        with open(dump, "rb") as source:
-            while chunk := source.read(CHUNK):
-                out.write(chunk)
-                if progress:
-                    progress(len(chunk))
-        out.write(padding(st.st_size))
-    written = len(info_head) + st.st_size + len(padding(st.st_size))
-    frames.append(Frame(start, sink.written - start, counted.crc, written))
-    start, counted = sink.written, Crc(sink)
-    body = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
-    member = bytes_member("manifest.json", body, st.st_mtime)
-    tail = member + end_of_archive(tar_written + written + len(member))
-    with compressor(level, threads).stream_writer(counted, closefd=False, write_size=CHUNK) as out:
-        out.write(tail)
-    frames.append(Frame(start, sink.written - start, counted.crc, len(tail)))
-    return frames
+        writer.single(lambda out: out.write(info_head))
+        for piece in dump_pieces(dump):
+            writer.chunk(piece, dump_identity(piece))
+            if progress:
+                progress(len(piece))
+        written = len(info_head) + st.st_size + len(padding(st.st_size))
+        body = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+        member = bytes_member("manifest.json", body, st.st_mtime)
+        tail = padding(st.st_size) + member + end_of_archive(tar_written + written + len(member))
+        writer.single(lambda out: out.write(tail))
+    finally:
+        frames = writer.finish()
+    return frames, writer.reuse.chunks
 
 
 def _dump_header(st: os.stat_result) -> bytes:

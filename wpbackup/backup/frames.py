@@ -20,13 +20,15 @@ frames equal which of last night's, so the upload can copy those bytes inside S3
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import stat
 import threading
 import zlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -200,6 +202,56 @@ def ends_run(entry: Entry, run_bytes: int) -> bool:
     return run_bytes >= RUN_MIN and zlib.crc32(entry.name.encode("utf-8", "surrogateescape")) % BOUNDARY == 0
 
 
+DUMP_MIN = 256 << 10
+DUMP_MAX = 2 << 20
+DUMP_BOUNDARY = 32  # about one candidate in this many past DUMP_MIN ends a piece
+_ROW_START = re.compile(rb"\),\(|\n")  # between two rows of an extended INSERT, or a line's end
+
+
+def dump_pieces(path: Path) -> Iterator[bytes]:
+    """The dump in content-defined pieces: a piece ends between two rows (or at a line's end)
+    where the 16 bytes that follow hash to a boundary, once it holds DUMP_MIN bytes (at DUMP_MAX
+    whatever follows). An edited or added row changes its own piece; the pieces after it end
+    where they ended last night, so they compress to the same bytes. Bounded memory."""
+    buffer = b""
+    with open(path, "rb") as source:
+        eof = False
+        while True:
+            while not eof and len(buffer) < DUMP_MAX + 64:
+                block = source.read(CHUNK)
+                eof = not block
+                buffer += block
+            if not buffer:
+                return
+            cut = _cut(buffer, eof)
+            if cut is None:
+                yield buffer
+                return
+            yield buffer[:cut]
+            buffer = buffer[cut:]
+
+
+def _cut(buffer: bytes, eof: bool) -> int | None:
+    if eof and len(buffer) <= DUMP_MAX:
+        limit = len(buffer)
+    else:
+        limit = DUMP_MAX
+    at = DUMP_MIN
+    while at < limit:
+        found = _ROW_START.search(buffer, at, limit)
+        if found is None:
+            break
+        cut = found.end() - (1 if found.group() == b"),(" else 0)  # a piece starts with "(" of a row
+        if zlib.crc32(buffer[cut:cut + 16]) % DUMP_BOUNDARY == 0:
+            return cut
+        at = found.end()
+    return None if limit == len(buffer) else DUMP_MAX
+
+
+def dump_identity(piece: bytes) -> list:
+    return [["database.sql", hashlib.blake2b(piece, digest_size=16).hexdigest(), len(piece)]]
+
+
 class Crc:
     """Passes compressed bytes on to ``sink`` and keeps their CRC32."""
 
@@ -222,6 +274,7 @@ class Reuse:
     files: int = 0
     bytes: int = 0
     matched: int = 0  # frames compressed again to last night's bytes (the archive was gone)
+    chunks: int = 0  # pieces of the dump copied
 
 
 class FrameWriter:
@@ -262,6 +315,21 @@ class FrameWriter:
         buffer = BytesIO()
         write(buffer)
         self._put(self._compress(buffer.getvalue()), None, len(buffer.getvalue()))
+
+    def chunk(self, raw: bytes, members: list) -> None:
+        """A piece of a stream (the dump) whose identity is its content: last night's frame
+        of the same content is copied, anything else compressed."""
+        self.end_run()
+        old = self.previous.find(members) if self.previous else None
+        data = self.previous.fetch(old) if old else None
+        if old and data is not None:
+            self.reuse.chunks += 1
+            done: Future = Future()
+            done.set_result(data)
+            self.pending.append((done, members, old.raw, old))
+        else:
+            self.pending.append((self.pool.submit(self._compress, raw), members, len(raw), None))
+        self._drain(PENDING)
 
     def end_run(self) -> None:
         if not self.run:

@@ -452,14 +452,18 @@ def compress_stage(settings: Settings, site: Site, run: Run) -> dict:
             raise BackupError("the dump and tar stages of this run have not finished")
         files_part = run.folder / "files.part.zst"
         progress = Progress(f"{site.name} compress")
-        plan, part_sums = part_plan(settings), None
+        # with a previous archive the upload plans its own parts (copies), as the tar stage knew
+        plan = None if tar.get("reused_from") else part_plan(settings)
+        part_sums, copied = None, 0
         if files_part.exists():
             try:
                 finished = archive.finish_archive(
                     files_part, tar["size"], tar["written"], run.folder / "database.sql",
                     manifest(settings, site, run, dump, tar), target,
-                    settings.zstd_level, settings.zstd_threads, progress.add, plan)
+                    settings.zstd_level, settings.zstd_threads, progress.add, plan,
+                    settings.backup_dir / tar["reused_from"] if tar.get("reused_from") else None)
                 sha256, size, part_sums = finished.sha256, finished.size, finished.part_sums
+                copied = finished.dump_pieces_copied
             except archive.PartLost as exc:
                 run.receipt_path("tar").unlink(missing_ok=True)
                 files_part.unlink(missing_ok=True)
@@ -474,7 +478,8 @@ def compress_stage(settings: Settings, site: Site, run: Run) -> dict:
                 {"sha256": sha256, "size": size, "part_size": plan.part_size, "algorithm": plan.algorithm,
                  "sums": part_sums}).encode())
         receipt = run.write_receipt("compress", {"archive": target.name, "sha256": sha256, "size": size})
-        _info(settings, site, run, f"archive {target.name} written: {human_bytes(size)}")
+        unchanged = f"; {copied} unchanged pieces of the dump copied from {tar['reused_from']}" if copied else ""
+        _info(settings, site, run, f"archive {target.name} written: {human_bytes(size)}{unchanged}")
         keep_local(settings, site, run, target.name)  # counting this archive, before its upload
         return receipt
     return guarded("compress", settings, site, run, work)

@@ -1,11 +1,13 @@
 """Where the zstd frames of an archive start, so database.sql can be read from its own frame.
 
-    archive = frame (wp-config.php + site files) + frame (database.sql, manifest.json, end)
-              ^ 0                                  ^ found by skipping block headers
+    archive = frames (wp-config.php, site files) + frame (database.sql's header)
+              + frames (the dump in pieces) + frame (manifest.json, end)
+                                               ^ found by skipping block headers
 
 The compress stage starts database.sql in a frame of its own, which decompresses without
-the frames before it. Finding that frame means reading the frame and block headers only
-(3 bytes per block of at most 128 KiB), so a restore can start loading the database at once
+the frames before it (read across the frames after it). Finding that frame means reading the
+frame and block headers only (3 bytes per block of at most 128 KiB), and the first block of the
+frames from the end back to it, so a restore can start loading the database at once
 instead of after decompressing every file before it. An archive made otherwise (one frame,
 `tar --zstd`) simply has no such frame.
 """
@@ -86,10 +88,18 @@ def open_member_at(raw: BinaryIO, offset: int, name: str):
     return tar, member
 
 
-def member_frame(path: Path, name: str, last: int = 4) -> int | None:
-    """The offset of the frame that starts with member ``name``, among the last frames."""
+def member_frame(path: Path, name: str) -> int | None:
+    """The offset of the frame that starts with member ``name``, looking from the end (the
+    dump follows the files): each frame's first tar header is read alone, and only a frame
+    that names ``name`` is opened as a tar."""
+    wanted = name.encode() + b"\0"
     with open(path, "rb") as raw:
-        for offset in reversed(frame_starts(path)[1:][-last:]):
-            if open_member_at(raw, offset, name) is not None:
+        for offset in reversed(frame_starts(path)[1:]):
+            raw.seek(offset)
+            try:
+                head = zstandard.ZstdDecompressor().decompressobj().decompress(raw.read(1 << 16))
+            except zstandard.ZstdError:
+                continue
+            if head[:len(wanted)] == wanted and open_member_at(raw, offset, name) is not None:
                 return offset
     return None
