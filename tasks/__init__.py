@@ -4,6 +4,11 @@
              -> steps (wpbackup: the work) -> catalog
 
 Only `task_*` creators and DOIT_CONFIG are exported, so dodo.py stays a single import.
+
+Every doit command (`doit list` as much as `doit backup`) imports every module here and calls
+every task creator, so a task module imports its work (wpbackup's steps, report, restore,
+deploy... and with them boto3, jinja2, requests, smtplib) inside the actions that use it: a
+start then loads only doit, the settings, the sites and the run plans.
 """
 
 from __future__ import annotations

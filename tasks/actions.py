@@ -8,25 +8,22 @@ from __future__ import annotations
 
 from doit.exceptions import TaskFailed
 
-from wpbackup.backup import steps
 from wpbackup.errors import BackupError
 
 from .context import CONTEXT
 
-STAGE_FUNCTIONS = {
-    "dump": steps.dump_stage,
-    "tar": steps.tar_stage,
-    "compress": steps.compress_stage,
-    "upload": steps.upload_stage,
-    "catalog": steps.catalog_stage,
-}
-
 
 def run_stage(stage: str, site_name: str):
-    """Run one stage of one site's run; doit keeps the returned receipt as the task's values."""
+    """Run one stage of one site's run; doit keeps the returned receipt as the task's values.
+    The steps are imported here, by the first stage that runs: `doit list` and `doit status`
+    create these tasks too, and need none of what the steps import."""
+    from wpbackup.backup import steps
+
+    work = {"dump": steps.dump_stage, "tar": steps.tar_stage, "compress": steps.compress_stage,
+            "upload": steps.upload_stage, "catalog": steps.catalog_stage}[stage]
     run = CONTEXT.runs[site_name]
     try:
-        return STAGE_FUNCTIONS[stage](CONTEXT.settings, CONTEXT.site(site_name), run)
+        return work(CONTEXT.settings, CONTEXT.site(site_name), run)
     except BackupError as exc:
         return TaskFailed(str(exc))
 

@@ -12,7 +12,7 @@ folder; a stage whose receipt exists is up to date even when doit's own state wa
 
 from __future__ import annotations
 
-from wpbackup.backup.steps import STAGES
+from wpbackup.backup.runs import STAGES
 
 from .actions import run_stage, stage_done
 from .context import CONTEXT

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from wpbackup.backup import children
 from wpbackup.errors import BackupError
-from wpbackup.fleet import sync as fleet_sync
-from wpbackup.fleet.d1 import D1Client
 
 from .context import CONTEXT
 
@@ -29,6 +27,9 @@ def run_sync() -> dict[str, str]:
         return {"state": "off", "message": ""}
     if children.stopping.is_set():  # SIGTERM: leave promptly, the next run catches up
         return {"state": "failed", "message": "not run: the run was stopped"}
+    from wpbackup.fleet import sync as fleet_sync  # with requests: only for a sync that runs
+    from wpbackup.fleet.d1 import D1Client
+
     client = D1Client.from_settings(settings, stopping=children.stopping)
     try:
         report = fleet_sync.sync(settings.db_path, settings.server_id, client)

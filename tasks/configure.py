@@ -20,7 +20,6 @@ from pathlib import Path
 from doit.exceptions import TaskFailed
 
 from wpbackup.errors import BackupError
-from wpbackup.ops import configure
 
 from .context import CONTEXT, configuring
 
@@ -30,6 +29,8 @@ def _stop_quietly_on_ctrl_c() -> None:
     it come during a secret). doit runs the action in a worker thread, and the interrupt
     reaches only the main thread, which would show doit's traceback and leave the terminal
     without echo. While files are written it waits for them to be complete (or removed)."""
+    from wpbackup.ops import configure  # the wizard and what it imports: for `doit configure` only
+
     saved = termios.tcgetattr(sys.stdin.fileno()) if sys.stdin.isatty() else None
 
     def stop(signum, frame):  # pragma: no cover - exercised through a pseudo-terminal
@@ -46,6 +47,8 @@ def _stop_quietly_on_ctrl_c() -> None:
 
 def configure_action(discover: bool, answers: str):
     """Run the wizard, the refresh or the answers file; a clear line when it fails."""
+    from wpbackup.ops import configure
+
     settings = CONTEXT.settings
     try:
         if discover and answers:

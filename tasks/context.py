@@ -16,9 +16,8 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from wpbackup.backup import children, lock, runs, steps
+from wpbackup.backup import children, lock, runs
 from wpbackup.backup.runs import Run
-from wpbackup.config import discovery
 from wpbackup.config.settings import Settings, load_settings
 from wpbackup.config.sites import Site, load_sites
 from wpbackup.console import log, setup_logging
@@ -113,9 +112,17 @@ def _fresh_second(settings: Settings, sites: list[Site]) -> datetime:
     return now
 
 
+def _steps():
+    """The backup's work (wpbackup.backup.steps), imported when a mutating run first asks:
+    status, list and the other read-only commands never load it nor what it imports."""
+    from wpbackup.backup import steps
+
+    return steps
+
+
 def _backs_up(argv: list[str]) -> bool:
     """True when this invocation runs backup stages (not only sync, restore or prune)."""
-    return doit_command(argv) == "run" and any(word.split(":")[0] in ("backup", *steps.STAGES)
+    return doit_command(argv) == "run" and any(word.split(":")[0] in ("backup", *runs.STAGES)
                                                for word in words(argv))
 
 
@@ -135,6 +142,8 @@ def _first_run(settings: Settings) -> None:
     _lock(settings)  # two first runs at once must not both write the file
     if os.path.lexists(settings.sites_file):
         return
+    from wpbackup.config import discovery  # once per install: not worth loading on every start
+
     try:
         found = discovery.first_run(settings.sites_file)
     except BackupError as exc:  # the file could not be written
@@ -201,10 +210,10 @@ def load(argv: list[str] | None = None) -> Context:
         signal.signal(signal.SIGHUP, _on_sigterm)
     now = _fresh_second(settings, sites) if mutating else datetime.now(timezone.utc)
     plans = {site.name: runs.plan_run(settings.work_dir, site.name, now, settings.stale_run_hours,
-                                      steps.archive_fingerprint(site) if mutating else None)
+                                      _steps().archive_fingerprint(site) if mutating else None)
              for site in sites if site.enabled}
     if mutating and _backs_up(argv):  # the work folders of sites no run will visit again
-        steps.sweep_retired(settings, {site.name for site in sites if site.enabled})
+        _steps().sweep_retired(settings, {site.name for site in sites if site.enabled})
     return Context(settings, sites, plans, mutating, readonly_run(argv))
 
 

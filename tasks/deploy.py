@@ -12,12 +12,14 @@ wpbackup/ops/deploy.py (this side) and wpbackup/ops/remote.py (the server's side
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
 from doit.exceptions import TaskFailed
 
-from wpbackup.ops import deploy
-
 from .context import CONTEXT
+
+if TYPE_CHECKING:
+    from wpbackup.ops import deploy
 
 _output = threading.Lock()  # two hosts deploy at once (doit's two worker threads)
 _planning = threading.Lock()
@@ -31,6 +33,8 @@ def _say(line: str) -> None:
 
 def _plan() -> deploy.Plan:
     """One plan (bundle list and checksum) for every host of this run."""
+    from wpbackup.ops import deploy
+
     with _planning:
         if not _plans:
             _plans.append(deploy.make_plan(CONTEXT.settings))
@@ -39,6 +43,8 @@ def _plan() -> deploy.Plan:
 
 def deploy_to(entry: str):
     """Deploy to one host; its summary line, and a failed task unless it is OK."""
+    from wpbackup.ops import deploy
+
     outcome = deploy.deploy_host(_plan(), deploy.parse_host(entry), _say)
     _say(outcome.line)
     return True if outcome.ok else TaskFailed(outcome.line)
@@ -50,7 +56,12 @@ def _refuse(message: str):
 
 def task_deploy():
     """Deploy the tool and its units to every host of DEPLOY_HOSTS (deploy:HOST: one)."""
-    hosts, problems = deploy.parse_hosts(CONTEXT.settings.value("DEPLOY_HOSTS"))
+    entries = CONTEXT.settings.value("DEPLOY_HOSTS")
+    hosts, problems = [], []
+    if entries:  # a controller: a backup server (no DEPLOY_HOSTS) never loads the deploy code
+        from wpbackup.ops import deploy
+
+        hosts, problems = deploy.parse_hosts(entries)
     if problems or not hosts:
         message = "; ".join(problems) or (
             "DEPLOY_HOSTS is not set: nothing to deploy to (set it in .env: user@host or user@host:port, "

@@ -14,13 +14,14 @@ from doit.exceptions import TaskFailed
 
 from wpbackup.backup import lock
 from wpbackup.errors import BackupError, ConfigError
-from wpbackup.ops import migrate
 
 from .context import CONTEXT
 
 
 def migrate_action(site: str, server_id: str, dry_run: bool):
     """Run (or with ``dry_run`` only print) the migration; one clear line when it fails."""
+    from wpbackup.ops import migrate  # with boto3 and the archive code: for `doit migrate` only
+
     settings = CONTEXT.settings
     try:
         if not site:

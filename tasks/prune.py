@@ -9,8 +9,6 @@ from doit.exceptions import TaskFailed
 
 from wpbackup.console import log
 from wpbackup.errors import BackupError
-from wpbackup.retention import local, prune
-from wpbackup.storage.s3 import describe, make_client
 
 from .context import CONTEXT
 
@@ -18,6 +16,9 @@ from .context import CONTEXT
 def _plan(settings, excess: dict[str, list[str]]):
     """(client, plan, S3 failure): when the S3 part cannot even be planned (S3 unreachable, a
     listing refused), the plan holds only the local part and the failure says why."""
+    from wpbackup.retention import prune
+    from wpbackup.storage.s3 import describe, make_client
+
     try:
         client = make_client(settings) if settings.s3_enabled else None
         return client, prune.plan(settings, settings.keep_daily, settings.keep_weekly, settings.keep_monthly,
@@ -29,6 +30,8 @@ def _plan(settings, excess: dict[str, list[str]]):
 
 
 def _print_plan(settings, the_plan, dry_run: bool, s3_failed: str) -> None:
+    from wpbackup.retention import prune
+
     verb = "would delete" if dry_run else "deleting"
     for site, entry in sorted(the_plan.sites.items()):
         s3_part = "S3 part not planned" if s3_failed else f"S3 keep {len(entry.keep)}, {verb} {len(entry.delete)}"
@@ -52,7 +55,10 @@ def prune_action(dry_run):
 
     The S3 part and the local part fail apart: an S3 error (unreachable, a listing or a delete
     refused) stops the S3 part, the local part (LOCAL_KEEP) is still applied, and the task
-    fails naming the part that failed."""
+    fails naming the part that failed. Retention and S3 are imported here: every doit command
+    creates this task, only `doit prune` needs them."""
+    from wpbackup.retention import local, prune
+
     settings = CONTEXT.settings
     names = sorted({site.name for site in CONTEXT.sites} | {
         p.name.split("-backup-")[0] for p in settings.backup_dir.glob("*-backup-*.tar.zst")})

@@ -13,16 +13,20 @@ or refuses the login leaves the date unclaimed, so the next run (or another serv
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from doit.exceptions import TaskFailed
 
 from wpbackup.backup import lock
 from wpbackup.errors import BackupError
-from wpbackup.fleet import daily, mail, notify
-from wpbackup.fleet.report import Report, build_report, message, render
+from wpbackup.fleet import notify
 
 from .catalog_sync import run_sync
 from .context import CONTEXT
+
+if TYPE_CHECKING:  # the report's code (jinja2, smtplib) is imported by the actions that use it
+    from wpbackup.fleet import daily
+    from wpbackup.fleet.report import Report
 
 
 def _fresh_rows() -> str | None:
@@ -57,6 +61,8 @@ class Sending:
 
 def _deliver(report: Report, mail_message, claim: daily.Claim) -> Sending:
     """Hand the message to the mail server; mark the date sent once it took it."""
+    from wpbackup.fleet import mail
+
     date = report.window.date
     try:
         how = mail.deliver(CONTEXT.settings, mail_message)
@@ -82,6 +88,9 @@ def _mark_sent(report: Report, claim: daily.Claim) -> None:
 
 def _send(report: Report, force: bool) -> Sending:
     """Claim the date, deliver, mark it sent; or write the files without SMTP_HOST."""
+    from wpbackup.fleet import daily, mail
+    from wpbackup.fleet.report import message, render
+
     settings = CONTEXT.settings
     text, html = render(report)
     mail_message = message(settings, report, text, html)
@@ -96,6 +105,8 @@ def _send(report: Report, force: bool) -> Sending:
 
 def report_action(date: str, force: bool):
     """Build and send the report; alert on sites that went stale."""
+    from wpbackup.fleet.report import build_report
+
     settings = CONTEXT.settings
     note = _fresh_rows()
     if note:

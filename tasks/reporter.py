@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from doit.exceptions import UnmetDependency
 from doit.reporter import ConsoleReporter
 
-from wpbackup.backup.steps import STAGES
 from wpbackup.console import human_bytes
 from wpbackup.fleet.healthcheck import new_run_id, ping
 from wpbackup.fleet.notify import Alert, redact, secret_values, send_alerts
 
+from .backup import STAGES  # the graph's stage names (not the steps: no backup code for `doit status`)
 from .catalog_sync import run_sync
 from .context import CONTEXT
 

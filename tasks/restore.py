@@ -15,8 +15,6 @@ from wpbackup.console import log
 from wpbackup.errors import BackupError
 from wpbackup.fleet import catalog
 from wpbackup.fleet.notify import Alert, send_alerts
-from wpbackup.restore.restore import Request, finish_before_exit, restore
-from wpbackup.restore.verify import verify_archive
 
 from .context import CONTEXT
 
@@ -41,12 +39,17 @@ def _record(status: str, site: str | None, message: str, archive_name: str | Non
 
 def restore_action(site, archive, target, database, db_only, files_only, force, admin=False):
     """Restore one site's archive (files, database or both). On SIGTERM the process waits
-    until the restore has put everything back and this has reported it."""
+    until the restore has put everything back and this has reported it. The restore code
+    (zstandard, S3, the database swap) is imported here, by `doit restore` alone."""
+    from wpbackup.restore.restore import finish_before_exit
+
     with finish_before_exit():
         return _restore_and_report(site, archive, target, database, db_only, files_only, force, admin)
 
 
 def _restore_and_report(site, archive, target, database, db_only, files_only, force, admin):
+    from wpbackup.restore.restore import Request, restore
+
     try:
         chosen = _site(site)
         if db_only and files_only:
@@ -93,6 +96,8 @@ def verify_action(site, all_, remote, restore_test_):
     """Verify archives of every (or one) site; fail if any check fails. Each verdict goes to
     the catalog as a line whose columns say which copy passed or failed (prune reads those);
     each failed check is also an alert to NOTIFY_URLS, sent at the end, all together."""
+    from wpbackup.restore.verify import verify_archive
+
     settings = CONTEXT.settings
     try:
         sites = [_site(site)] if site else CONTEXT.enabled

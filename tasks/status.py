@@ -10,13 +10,14 @@ from __future__ import annotations
 from doit.exceptions import TaskFailed
 
 from wpbackup.errors import BackupError
-from wpbackup.fleet.status import status_json, status_lines
 
 from .context import CONTEXT
 
 
 def show_status(json: bool = False):
     """Print the table (or the JSON); fail when a site needs attention."""
+    from wpbackup.fleet.status import status_json, status_lines  # not for `doit list` or a backup
+
     try:
         if json:
             text, healthy = status_json(CONTEXT.settings, CONTEXT.sites)

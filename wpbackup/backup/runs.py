@@ -25,6 +25,9 @@ from pathlib import Path
 
 from wpbackup.atomic import write_atomic
 
+#: the stages of one site's backup, in order (steps.py does them, tasks/backup.py names them)
+STAGES = ("dump", "tar", "compress", "upload", "catalog")
+
 STAMP_FORMAT = "%Y%m%d-%H%M%S"
 _open_lock = threading.Lock()
 

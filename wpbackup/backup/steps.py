@@ -26,7 +26,7 @@ from wpbackup import __version__
 from wpbackup.atomic import write_atomic
 from wpbackup.backup import archive, frames, runs
 from wpbackup.backup.frames import INDEX_SUFFIX
-from wpbackup.backup.runs import Run
+from wpbackup.backup.runs import STAGES, Run  # noqa: F401 (steps.STAGES)
 from wpbackup.config.settings import Settings
 from wpbackup.config.sites import SITE_NAME_RE, Site
 from wpbackup.config.wpconfig import wordpress_version
@@ -47,8 +47,6 @@ from wpbackup.storage.s3 import (
     sweep_uploads,
 )
 from wpbackup.storage.upload import CopySource, recorded_upload, upload_archive
-
-STAGES = ("dump", "tar", "compress", "upload", "catalog")
 
 
 def guarded(stage: str, settings: Settings, site: Site, run: Run, work: Callable[[], dict]) -> dict:

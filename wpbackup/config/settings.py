@@ -500,10 +500,12 @@ def unknown_keys(file_keys: list[str], environ: dict[str, str], env_path: Path) 
         if key in BY_NAME or (key == ENV_FILE_VARIABLE and from_env):
             continue
         upper = key.upper()
-        close = difflib.get_close_matches(upper, names, n=1, cutoff=0.8)
         plain = re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", key)
         ours = upper.startswith(PREFIXES) and plain
-        if from_env and not (ours and close and key == upper):
+        if from_env and not (ours and key == upper):  # asked before difflib, which costs ~0.25 ms a key
+            continue
+        close = difflib.get_close_matches(upper, names, n=1, cutoff=0.8)
+        if from_env and not close:
             continue
         name = key if plain else shown(key)
         if key == ENV_FILE_VARIABLE:

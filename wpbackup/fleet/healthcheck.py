@@ -14,8 +14,6 @@ import time
 import uuid
 from urllib.parse import urlsplit, urlunsplit
 
-import requests
-
 from wpbackup.console import log
 
 #: (connect, read) seconds per attempt; two attempts at most
@@ -49,7 +47,10 @@ def _shown(url: str) -> str:
 
 
 def _attempt(target: str, body: bytes) -> str | None:
-    """One POST; None when the server took it, else why not."""
+    """One POST; None when the server took it, else why not. requests is imported here, when
+    HEALTHCHECK_URL is set: every run creates the reporter that pings."""
+    import requests
+
     try:
         response = requests.post(target, data=body, timeout=TIMEOUT)
     except requests.RequestException as exc:

@@ -29,8 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
-
 from wpbackup.atomic import write_atomic
 from wpbackup.config.settings import PROJECT_DIR, Settings
 from wpbackup.config.sites import Site
@@ -240,7 +238,10 @@ def _environment(assignment: str) -> str:
 
 
 def render(context: dict, templates: Path = TEMPLATES) -> dict[str, str]:
-    """The six unit files as text: {file name: content}."""
+    """The six unit files as text: {file name: content}. jinja2 is imported here: every doit
+    command creates the systemd task (it needs only TEMPLATES and the unit names)."""
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
     env = Environment(loader=FileSystemLoader(str(templates)), undefined=StrictUndefined, autoescape=False,
                       keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(value=_value, command=lambda words: " ".join(_word(w) for w in words),

@@ -28,8 +28,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from wpbackup.errors import BackupError
@@ -64,6 +62,9 @@ def make_client(settings):
 
 
 def _new_client(settings):
+    import boto3  # 80 ms: only a command that talks to S3 pays it
+    from botocore.config import Config
+
     config = Config(
         region_name=settings.s3_region,
         retries={"max_attempts": settings.s3_max_attempts, "mode": "standard"},
