@@ -597,7 +597,8 @@ def upload_stage(settings: Settings, site: Site, run: Run) -> dict:
                 {"site": site.name, "server-id": settings.server_id}, run.folder / "upload-state.json",
                 storage_class=settings.s3_storage_class, checksum=settings.s3_checksum,
                 part_size=part_size, part_sums=written_sums(run, made, part_size, settings.s3_checksum),
-                pending=pending_aborts(settings), progress=progress.add, copy=copy_source(settings, site, path))
+                pending=pending_aborts(settings), progress=progress.add,
+                copy=copy_source(settings, site, path, made["sha256"]))
         except BackupError:
             raise
         except Exception as exc:
@@ -625,11 +626,11 @@ def upload_stage(settings: Settings, site: Site, run: Run) -> dict:
     return guarded("upload", settings, site, run, work)
 
 
-def copy_source(settings: Settings, site: Site, path: Path) -> CopySource | None:
+def copy_source(settings: Settings, site: Site, path: Path, sha256: str) -> CopySource | None:
     """Last night's S3 object, when tonight's archive reused its frames (its index names it)
     and the catalog knows its copy in this bucket: the upload copies those bytes inside S3."""
     index = frames.load_index(frames.index_path(path))
-    if not index or not index.source or index.size != path.stat().st_size:
+    if not index or not index.source or (index.size, index.sha256) != (path.stat().st_size, sha256):
         return None
     row = catalog.s3_copy(settings.db_path, settings.server_id, site.name, index.source, settings.s3_bucket,
                           settings.s3_endpoint_url)
