@@ -148,3 +148,15 @@ def test_verify_scratch_and_closed_runs_of_a_retired_site(install, wordpress, tm
     assert not (install.backup_dir / ".work" / "shop").exists()
     assert (scratch / "some.tar.zst").exists()
     assert _count(install, "INFO", "site shop is no longer enabled%") == 0
+
+
+def test_a_new_run_never_takes_the_stamp_of_a_folder_no_run_json_names(tmp_path):
+    """run.json gone, and the abandoned run's folder is of this very second (a fast first run):
+    the new run must not take that folder for its own."""
+    from datetime import datetime, timezone
+
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    (tmp_path / "big" / runs.make_stamp(now)).mkdir(parents=True)
+    run = runs.plan_run(tmp_path, "big", now, 20)
+    assert run.stamp != runs.make_stamp(now) and run.stamp > runs.make_stamp(now)
+    assert runs.make_stamp(now) in [p.name for p in runs.leftovers(run)]

@@ -109,6 +109,8 @@ def plan_run(work_dir: Path, site: str, now: datetime, stale_hours: float, finge
     stamp = make_stamp(now)
     previous = valid_stamp(state.get("stamp"))
     if previous is None or state.get("closed"):
+        if previous is None and (site_dir / stamp).is_dir():  # no run.json, and a folder of this very second
+            stamp = _after(stamp, stamp)
         return _new_run(site, stamp, site_dir, fingerprint, previous)
     old = Run(site, previous, site_dir)
     if old.receipt("catalog") is not None:
