@@ -9,8 +9,11 @@ import hashlib
 import json
 import os
 import shutil
+import time
 
 import pytest
+
+from wpbackup.backup.frames import RACY
 
 from .conftest import kill_group, make_site, wait_for
 from .test_resume import _count
@@ -31,6 +34,7 @@ def _setup(install, s3, proxy, wordpress, tmp_path):
     for n in range(200):
         (plugin / f"part-{n:03d}.php").write_text(f"<?php // {n}\n" + "echo 'shop';\n" * 200)
     install.sites.append({"name": "big", "path": str(root)})
+    time.sleep(RACY + 0.1)  # files changed just before they are read are never reused the next night
     return root
 
 

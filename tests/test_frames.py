@@ -7,12 +7,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from wpbackup.backup import archive
-from wpbackup.backup.frames import BIG, index_path, load_index
+from wpbackup.backup.frames import BIG, RACY, index_path, load_index
 
 LEVEL = 3
 
@@ -32,7 +33,13 @@ def _site(root: Path) -> Path:
         folder.mkdir(parents=True)
         for n in range(8):
             (folder / f"image-{n}.jpg").write_bytes(os.urandom(BIG + n * 50_000 if n % 2 else 40_000))
+    _settle()
     return root
+
+
+def _settle() -> None:
+    """Files changed less than RACY seconds before they are read are never reused: wait."""
+    time.sleep(RACY + 0.1)
 
 
 def _build(root: Path, out: Path, previous: Path | None = None, stamp: str = "20261201-000000",
@@ -87,7 +94,7 @@ def test_unchanged_site_copies_every_frame_and_gives_the_same_bytes(tmp_path):
     index = load_index(index_path(second))
     assert index is not None and index.source == first.name and index.sha256
     copied = [f for f in index.frames if f.source is not None]
-    assert copied and all(f.members for f in copied)
+    assert copied and all(f.key for f in copied)
     assert "wp-content/plugins/plugin-3/file-010.php" in _members(second)
 
 
@@ -128,7 +135,7 @@ def test_a_damaged_previous_archive_is_not_copied_from(tmp_path):
     root = _site(tmp_path / "site")
     first, _ = _build(root, tmp_path / "out")
     index = load_index(index_path(first))
-    victim = next(f for f in index.frames if f.members)
+    victim = next(f for f in index.frames if f.key)
     data = bytearray(first.read_bytes())
     data[victim.offset + victim.length // 2] ^= 0xFF
     first.write_bytes(bytes(data))
@@ -144,7 +151,7 @@ def test_without_the_previous_archive_its_index_still_names_the_same_frames(tmp_
     second, part = _build(root, tmp_path / "out", previous=first, stamp="20261202-000000")
     assert part.reuse.frames == 0 and part.reuse.matched > 0
     index = load_index(index_path(second))
-    site_frames = [f for f in index.frames if f.members and f.members[0][0] != "database.sql"]
+    site_frames = [f for f in index.frames if f.key and f.key.startswith("f:")]
     assert sum(1 for f in site_frames if f.source is not None) == part.reuse.matched
 
 
@@ -152,10 +159,10 @@ def test_the_index_lists_every_frame_in_order_and_only_site_members_are_reusable
     root = _site(tmp_path / "site")
     first, _ = _build(root, tmp_path / "out")
     index = load_index(index_path(first))
-    assert all(f.members is None for f in index.frames[:1])  # wp-config.php: always compressed again
-    assert index.frames[-1].members is None  # the manifest and the end
-    dump = [f for f in index.frames if f.members and f.members[0][0] == "database.sql"]
-    assert dump and index.frames[index.frames.index(dump[0]) - 1].members is None  # the dump's header alone
+    assert all(f.key is None for f in index.frames[:1])  # wp-config.php: always compressed again
+    assert index.frames[-1].key is None  # the manifest and the end
+    dump = [f for f in index.frames if f.key and f.key.startswith("d:")]
+    assert dump and index.frames[index.frames.index(dump[0]) - 1].key is None  # the dump's header alone
     assert index.size == first.stat().st_size
     assert [f.offset for f in index.frames] == sorted(f.offset for f in index.frames)
     assert index.frames[-1].offset + index.frames[-1].length == index.size
@@ -164,7 +171,7 @@ def test_the_index_lists_every_frame_in_order_and_only_site_members_are_reusable
 def test_an_edited_row_changes_only_the_dump_pieces_around_it(tmp_path):
     root = _site(tmp_path / "site")
     first, _ = _build(root, tmp_path / "out", sql=_sql(40_000))
-    pieces = [f for f in load_index(index_path(first)).frames if f.members and f.members[0][0] == "database.sql"]
+    pieces = [f for f in load_index(index_path(first)).frames if f.key and f.key.startswith("d:")]
     assert len(pieces) > 6
     sql = _sql(40_000, edited=20_000) + b"INSERT INTO wp_posts VALUES (40000,'new');\n"
     second, part = _build(root, tmp_path / "out", previous=first, stamp="20261202-000000", sql=sql)
@@ -174,3 +181,13 @@ def test_an_edited_row_changes_only_the_dump_pieces_around_it(tmp_path):
     extracted.mkdir()
     subprocess.run(["tar", "--zstd", "-xf", str(second), "-C", str(extracted), "database.sql"], check=True)
     assert (extracted / "database.sql").read_bytes() == sql
+
+
+def test_a_file_changed_just_before_it_was_read_is_read_again_the_next_night(tmp_path):
+    root = _site(tmp_path / "site")
+    fresh = root / "wp-content" / "uploads" / "2024" / "image-1.jpg"
+    fresh.write_bytes(os.urandom(BIG + 50_000))  # a write in the same tick as the read goes unseen
+    first, _ = _build(root, tmp_path / "out")
+    second, part = _build(root, tmp_path / "out", previous=first, stamp="20261202-000000")
+    assert part.reuse.files == part.stats.files - 1
+    assert second.read_bytes() == first.read_bytes()

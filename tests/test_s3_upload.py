@@ -128,3 +128,23 @@ def test_the_upload_state_is_rewritten_at_most_once_a_second_past_64_parts(tmp_p
     state.saved_at += 7200
     state.save()  # the final save, whenever it comes
     assert len(json.loads(path.read_text())["parts"]) == 66
+
+
+@pytest.mark.parametrize("size", [3000, 12 << 20])
+def test_without_checksums_from_the_writing_an_archive_changed_since_is_not_recorded(s3, tmp_path, size):
+    """The part checksums are read from the disk now (a copy-built upload, a restart): the
+    archive's sha256 is read again beside the upload, and bytes that are no longer the ones
+    written are refused, the multipart upload aborted."""
+    from wpbackup.storage.upload import ArchiveChanged
+
+    path, sha = _archive(tmp_path, size)
+    with open(path, "r+b") as handle:  # one byte flipped after the sha256 was taken
+        handle.seek(size // 2)
+        byte = handle.read(1)
+        handle.seek(size // 2)
+        handle.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(ArchiveChanged, match="no longer holds the bytes"):
+        upload_archive(s3.s3, s3.bucket, "k/a.tar.zst", path, sha, {}, tmp_path / "state.json",
+                       part_size=5 << 20)
+    assert s3.s3.list_multipart_uploads(Bucket=s3.bucket).get("Uploads", []) == []
+    assert s3.s3.list_objects_v2(Bucket=s3.bucket).get("KeyCount", 0) == 0

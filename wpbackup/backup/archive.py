@@ -34,7 +34,7 @@ from wpbackup.backup.frames import (
     Index,
     Previous,
     Reuse,
-    dump_identity,
+    dump_key,
     dump_pieces,
     index_path,
     load_index,
@@ -246,8 +246,10 @@ def write_files_part(root: Path, files: str, wp_config: Path, excludes: tuple[st
         try:
             try:
                 _write_members(writer, root, files, wp_config, excludes, skip, stats)
-            finally:
-                frames = writer.finish()
+            except BaseException:
+                writer.abandon()
+                raise
+            frames = writer.finish()
             sink.close()
             # no fsync here: the archive is fsynced once, whole, before it gets its final name;
             # a files part cut short by a crash is noticed by the compress stage and redone
@@ -374,7 +376,7 @@ def _append_rest(sink: HashingWriter, tar_written: int, dump: Path, manifest: di
         info_head = _dump_header(st)
         writer.single(lambda out: out.write(info_head))
         for piece in dump_pieces(dump):
-            writer.chunk(piece, dump_identity(piece))
+            writer.chunk(piece, dump_key(piece))
             if progress:
                 progress(len(piece))
         written = len(info_head) + st.st_size + len(padding(st.st_size))
@@ -382,9 +384,10 @@ def _append_rest(sink: HashingWriter, tar_written: int, dump: Path, manifest: di
         member = bytes_member("manifest.json", body, st.st_mtime)
         tail = padding(st.st_size) + member + end_of_archive(tar_written + written + len(member))
         writer.single(lambda out: out.write(tail))
-    finally:
-        frames = writer.finish()
-    return frames, writer.reuse.chunks
+    except BaseException:
+        writer.abandon()
+        raise
+    return writer.finish(), writer.reuse.chunks
 
 
 def _dump_header(st: os.stat_result) -> bytes:

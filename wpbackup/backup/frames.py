@@ -10,12 +10,14 @@ the same site state gives the same bytes, whether compressed tonight or copied.
 
 The index (``NAME.frames`` beside the archive, zstd-compressed JSON) lists every frame: offset,
 compressed length, CRC32 of its compressed bytes, uncompressed length and, for frames of site
-members, the identity of each member (name, link target, where its content was read, and
-mode, size, mtime, ctime, inode, device and owner). Tonight, a run whose members all have the
-identity of a run in last night's index is copied from last night's archive (its CRC32
-checked first) instead of being read and compressed again, and when that archive is gone a
-run compressed again to the same bytes is noticed too: the index says which of tonight's
-frames equal which of last night's, so the upload can copy those bytes inside S3.
+members, a digest of the identity of its members (name, link target, where its content was
+read, and mode, size, mtime, ctime, inode, device and owner: a few bytes a frame, whatever the
+number of files). Tonight, a run whose members have the identity of a run in last night's
+index is copied from last night's archive (its CRC32 checked first) instead of being read and
+compressed again, and when that archive is gone a run compressed again to the same bytes is
+noticed too: the index says which of tonight's frames equal which of last night's, so the
+upload can copy those bytes inside S3. A file modified less than RACY seconds before it was
+read is never reused (a write in the same clock tick leaves its stat unchanged).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import os
 import re
 import stat
 import threading
+import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -40,6 +43,7 @@ import zstandard
 from wpbackup.atomic import write_atomic
 from wpbackup.backup.tarstream import BLOCK, CHUNK, Entry, TreeStats, write_entry
 from wpbackup.console import log
+from wpbackup.errors import BackupError
 
 LAYOUT = 1
 INDEX_SUFFIX = ".frames"
@@ -48,31 +52,33 @@ RUN_MIN = 128 << 10
 RUN_MAX = 1 << 20
 BOUNDARY = 8  # about one member name in this many ends a run (past RUN_MIN)
 PENDING = 4  # runs compressed ahead of the writer (bounded memory: RUN_MAX + BIG each)
+RACY = 2.0  # seconds: a file changed this shortly before it was read may change again unseen
 
 
 @dataclass
 class Frame:
-    """One zstd frame of an archive. ``members``: identities of the site members it holds
-    (None: never reused: wp-config.php, the dump, the tail, a member read with trouble).
+    """One zstd frame of an archive. ``key``: the digest of what it holds ("f:" and the
+    identities of its site members, or "d:" and a piece of the dump; None: never reused:
+    wp-config.php, the dump's header, the tail, a member read with trouble).
     ``source``: offset of the same bytes in the archive the run reused (or matched)."""
 
     offset: int
     length: int
     crc: int
     raw: int
-    members: list | None = None
+    key: str | None = None
     source: int | None = None
 
     def row(self) -> list:
-        return [self.offset, self.length, self.crc, self.raw, self.members, self.source]
+        return [self.offset, self.length, self.crc, self.raw, self.key, self.source]
 
     @classmethod
     def from_row(cls, row: list) -> Frame:
-        offset, length, crc, raw, members, source = row
+        offset, length, crc, raw, key, source = row
         if not all(isinstance(v, int) and v >= 0 for v in (offset, length, crc, raw)):
             raise ValueError("bad frame row")
-        return cls(offset, length, crc, raw, members if isinstance(members, list) else None,
-                   source if isinstance(source, int) else None)
+        return cls(offset, length, crc, raw, key if isinstance(key, str) else None,
+                   source if isinstance(source, int) and source >= 0 else None)
 
 
 @dataclass
@@ -124,8 +130,10 @@ def identity(entry: Entry) -> list:
             st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev, st.st_uid, st.st_gid]
 
 
-def _key(members: list) -> tuple:
-    return tuple(tuple(m) for m in members)
+def run_key(entries: list[Entry]) -> str:
+    """The digest of a run's member identities (what the index keeps of them)."""
+    text = json.dumps([identity(e) for e in entries], separators=(",", ":"), ensure_ascii=False)
+    return "f:" + hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=16).hexdigest()
 
 
 class Previous:
@@ -136,7 +144,7 @@ class Previous:
         self.index = index
         self.name = index.archive
         usable = index.level == level
-        self.frames = {_key(f.members): f for f in index.frames if f.members} if usable else {}
+        self.frames = {f.key: f for f in index.frames if f.key} if usable else {}
         self.fd: int | None = None
         try:
             if usable and archive.stat().st_size == index.size:
@@ -145,8 +153,8 @@ class Previous:
             self.fd = None
         self.broken = False
 
-    def find(self, members: list) -> Frame | None:
-        return self.frames.get(_key(members)) if self.frames and not self.broken else None
+    def find(self, key: str | None) -> Frame | None:
+        return self.frames.get(key) if key and self.frames and not self.broken else None
 
     def fetch(self, frame: Frame) -> bytes | None:
         """A small frame's bytes from last night's archive, CRC32 checked (None: not usable)."""
@@ -170,8 +178,14 @@ class Previous:
         if crc != frame.crc:
             self._damaged()
             return False
+        again = 0
         for start in range(0, frame.length, CHUNK):
-            write(os.pread(self.fd, min(CHUNK, frame.length - start), frame.offset + start))
+            chunk = os.pread(self.fd, min(CHUNK, frame.length - start), frame.offset + start)
+            again = zlib.crc32(chunk, again)
+            write(chunk)
+        if again != frame.crc:  # changed between the two reads: what was written is not last night's
+            raise BackupError(f"{self.name} changed while its frames were copied; the next run archives the "
+                              "files again")
         return True
 
     def _damaged(self) -> None:
@@ -248,8 +262,19 @@ def _cut(buffer: bytes, eof: bool) -> int | None:
     return None if limit == len(buffer) else DUMP_MAX
 
 
-def dump_identity(piece: bytes) -> list:
-    return [["database.sql", hashlib.blake2b(piece, digest_size=16).hexdigest(), len(piece)]]
+def dump_key(piece: bytes) -> str:
+    return f"d:{hashlib.blake2b(piece, digest_size=16).hexdigest()}:{len(piece)}"
+
+
+def _settled(entry: Entry, st: os.stat_result) -> bool:
+    """The file was read as the walk saw it, and not modified in the last RACY seconds: a
+    write in the same clock tick as the read (timestamps advance once per tick on many
+    kernels) would leave size, times and inode as they are, and the stale bytes would be
+    copied night after night."""
+    if (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) != (
+            entry.st.st_size, entry.st.st_mtime_ns, entry.st.st_ctime_ns, entry.st.st_ino):
+        return False
+    return max(st.st_mtime_ns, st.st_ctime_ns) < time.time_ns() - int(RACY * 1e9)
 
 
 class Crc:
@@ -290,7 +315,7 @@ class FrameWriter:
         self.run_bytes = 0
         workers = threads if threads > 0 else (os.cpu_count() or 1)
         self.pool = ThreadPoolExecutor(max_workers=workers)
-        self.pending: deque[tuple[Future, list | None, int, Frame | None]] = deque()
+        self.pending: deque[tuple[Future, str | None, int, Frame | None]] = deque()
         self.local = threading.local()
 
     # --- members in -------------------------------------------------------------------
@@ -316,37 +341,44 @@ class FrameWriter:
         write(buffer)
         self._put(self._compress(buffer.getvalue()), None, len(buffer.getvalue()))
 
-    def chunk(self, raw: bytes, members: list) -> None:
+    def chunk(self, raw: bytes, key: str) -> None:
         """A piece of a stream (the dump) whose identity is its content: last night's frame
         of the same content is copied, anything else compressed."""
         self.end_run()
-        old = self.previous.find(members) if self.previous else None
+        old = self.previous.find(key) if self.previous else None
         data = self.previous.fetch(old) if old else None
         if old and data is not None:
             self.reuse.chunks += 1
             done: Future = Future()
             done.set_result(data)
-            self.pending.append((done, members, old.raw, old))
+            self.pending.append((done, key, old.raw, old))
         else:
-            self.pending.append((self.pool.submit(self._compress, raw), members, len(raw), None))
+            self.pending.append((self.pool.submit(self._compress, raw), key, len(raw), None))
         self._drain(PENDING)
 
     def end_run(self) -> None:
         if not self.run:
             return
         run, self.run, self.run_bytes = self.run, [], 0
-        members = [identity(e) for e in run]
-        old = self.previous.find(members) if self.previous else None
+        key = run_key(run)
+        old = self.previous.find(key) if self.previous else None
         data = self.previous.fetch(old) if old else None
         if old and data is not None:
             self._count_reused(run, old)
             done: Future = Future()
             done.set_result(data)
-            self.pending.append((done, members, old.raw, old))
+            self.pending.append((done, key, old.raw, old))
         else:
             raw, clean = self._read(run)
-            self.pending.append((self.pool.submit(self._compress, raw), members if clean else None, len(raw), None))
+            self.pending.append((self.pool.submit(self._compress, raw), key if clean else None, len(raw), None))
         self._drain(PENDING)
+
+    def abandon(self) -> None:
+        """Stop after a failure elsewhere: nothing more is compressed or written."""
+        self.pending.clear()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.previous:
+            self.previous.close()
 
     def finish(self) -> list[Frame]:
         try:
@@ -366,9 +398,7 @@ class FrameWriter:
         clean = True
         for entry in run:
             st = write_entry(buffer, entry, self.stats, self.progress)
-            if st is not None and (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) != (
-                    entry.st.st_size, entry.st.st_mtime_ns, entry.st.st_ctime_ns, entry.st.st_ino):
-                clean = False
+            clean &= st is None or _settled(entry, st)
         clean &= troubles == (self.stats.unreadable_count, len(self.stats.warnings))
         return buffer.getvalue(), clean
 
@@ -382,12 +412,12 @@ class FrameWriter:
         """A big file: copied from last night's archive, or compressed straight into the sink
         on every core (its bytes never all in memory)."""
         self._drain(0)
-        members = [identity(entry)]
-        old = self.previous.find(members) if self.previous else None
+        key = run_key([entry])
+        old = self.previous.find(key) if self.previous else None
         start = self.sink.written
         if old and self.previous.copy(old, self.sink.write):
             self._count_reused([entry], old)
-            self.frames.append(Frame(start, old.length, old.crc, old.raw, members, old.offset))
+            self.frames.append(Frame(start, old.length, old.crc, old.raw, key, old.offset))
             return
         troubles = (self.stats.unreadable_count, len(self.stats.warnings))
         before = self.stats.written
@@ -397,10 +427,9 @@ class FrameWriter:
                 counted, closefd=False, write_size=CHUNK) as out:
             st = write_entry(out, entry, self.stats, self.progress)
         clean = st is not None and troubles == (self.stats.unreadable_count, len(self.stats.warnings)) and (
-            st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) == (
-            entry.st.st_size, entry.st.st_mtime_ns, entry.st.st_ctime_ns, entry.st.st_ino)
+            _settled(entry, st))
         frame = Frame(start, self.sink.written - start, counted.crc, self.stats.written - before,
-                      members if clean else None)
+                      key if clean else None)
         self._match(frame)
         self.frames.append(frame)
 
@@ -423,9 +452,9 @@ class FrameWriter:
 
     def _match(self, frame: Frame) -> None:
         """A frame compressed again to the very bytes of last night's (its archive was gone)."""
-        if not self.previous or not frame.members:
+        if not self.previous or not frame.key:
             return
-        old = self.previous.find(frame.members)
+        old = self.previous.find(frame.key)
         if old and (old.length, old.crc, old.raw) == (frame.length, frame.crc, frame.raw):
             frame.source = old.offset
             self.reuse.matched += 1
@@ -433,17 +462,17 @@ class FrameWriter:
     # --- writing, in order ---------------------------------------------------------------
     def _drain(self, keep: int) -> None:
         while self.pending and (len(self.pending) > keep or self.pending[0][0].done()):
-            future, members, raw, old = self.pending.popleft()
+            future, key, raw, old = self.pending.popleft()
             if old is not None:
-                self._put(future.result(), members, raw, source=old.offset, crc=old.crc)
+                self._put(future.result(), key, raw, source=old.offset, crc=old.crc)
             else:
-                self._put(future.result(), members, raw)
+                self._put(future.result(), key, raw)
 
-    def _put(self, data: bytes, members: list | None, raw: int, source: int | None = None,
+    def _put(self, data: bytes, key: str | None, raw: int, source: int | None = None,
              crc: int | None = None) -> None:
         start = self.sink.written
         self.sink.write(data)
-        frame = Frame(start, len(data), zlib.crc32(data) if crc is None else crc, raw, members, source)
+        frame = Frame(start, len(data), zlib.crc32(data) if crc is None else crc, raw, key, source)
         if source is None:
             self._match(frame)
         self.frames.append(frame)

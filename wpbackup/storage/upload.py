@@ -195,7 +195,13 @@ def _copy_plan(job: _Job, copy: CopySource, part_size: int) -> tuple[list[Part] 
         return None, f"{copy.archive} is no longer at {where}: the whole archive is uploaded", None
     if head["ContentLength"] != copy.size or head.get("Metadata", {}).get("sha256") != copy.sha256:
         return None, f"{where} differs from {copy.archive} as indexed: the whole archive is uploaded", None
-    parts = plan_parts(job.size, copy_runs(copy.frames), part_size)
+    if head.get("StorageClass") in ("GLACIER", "DEEP_ARCHIVE"):  # archived: no part can be copied from it
+        return None, "", None
+    runs = [run for run in copy_runs(copy.frames) if run[2] + run[1] <= copy.size]
+    try:
+        parts = plan_parts(job.size, runs, part_size)
+    except ValueError:  # an index that does not describe this archive: nothing to copy
+        return None, "", None
     if not valid(parts, job.size) or not any(p.source is not None for p in parts):
         return None, "", None
     return parts, "", head.get("ETag")
@@ -348,6 +354,9 @@ def _put_whole(job: _Job, written: list[bytes] | None) -> Uploaded:
     """An archive of one part: a single PUT with its checksum, then verified."""
     with open(job.path, "rb") as handle:
         data = handle.read()
+    if written is None and hashlib.sha256(data).hexdigest() != job.sha256:
+        raise ArchiveChanged(f"{job.path} no longer holds the bytes it was written with (check it with "
+                             f"sha256sum -c {job.path.name}.sha256)")
     if job.crc:
         md5, crc32 = None, _b64(written[0] if written else binascii.crc32(data).to_bytes(4, "big"))
         more = {"ChecksumAlgorithm": "CRC32", "ChecksumCRC32": crc32}
@@ -370,7 +379,15 @@ def _multipart(job: _Job, parts: list[Part], wanted: dict, written: list[bytes] 
     resumed = len(done)
     if job.progress and done:
         job.progress(sum(p.length for p in parts if p.number in done))
-    _send_all(job, parts, upload_id, done, written, source_key, source_etag)
+    check = None if written else _WholeCheck(job.path, job.sha256)  # no checksums from the writing
+    try:
+        _send_all(job, parts, upload_id, done, written, source_key, source_etag)
+    finally:
+        same = check.same() if check else True
+    if not same:
+        _abandon(job, upload_id)
+        raise ArchiveChanged(f"{job.path} no longer holds the bytes it was written with (its sha256 differs; check "
+                             f"it with sha256sum -c {job.path.name}.sha256); the upload was aborted")
     sent = sum(p.length for p in parts if p.source is None and p.number not in done)
     return _complete(job, parts, upload_id, resumed, sent)
 
@@ -436,6 +453,11 @@ def _abort_others(client, bucket: str, key: str, upload_id: str | None) -> None:
     for other in others:
         if other["Key"] == key and other["UploadId"] != upload_id:
             abort_upload(client, bucket, key, other["UploadId"])
+
+
+#: answers that say "try again later" or "who are you", not "this copy cannot be done"
+_RETRYABLE = ("SlowDown", "RequestTimeout", "TooManyRequests", "Throttling", "RequestTimeTooSkewed",
+              "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "TokenRefreshRequired")
 
 
 class _Sender:
@@ -512,6 +534,10 @@ class _Sender:
             if code in ("PreconditionFailed", "412", "NoSuchKey", "404"):
                 raise CopyMismatch(f"{where} changed or went away during the upload ({code}): uploading the "
                                    "whole archive") from None
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            if 400 <= status < 500 and code not in _RETRYABLE:  # e.g. InvalidObjectState: do without
+                raise CopyMismatch(f"S3 could not copy part {part.number} from {where} ({code}): uploading the "
+                                   "whole archive") from None
             raise
         result = response.get("CopyPartResult", {})
         etag = str(result.get("ETag", "")).strip('"')
@@ -563,15 +589,45 @@ def _send_all(job: _Job, parts: list[Part], upload_id: str, done: set[int], writ
         pool.shutdown(wait=True, cancel_futures=True)
         os.close(fd)
         if changed:  # no resuming this one: its parts came from a damaged archive
-            try:
-                abort_upload(job.client, job.bucket, job.key, upload_id)
-            except (ClientError, BotoCoreError):
-                if job.pending is None:
-                    raise
-                remember_abort(job.pending, job.key, upload_id)  # a later run aborts it
-            job.state.path.unlink(missing_ok=True)
+            _abandon(job, upload_id)
         else:
             job.state.save()
+
+
+class _WholeCheck:
+    """The archive's sha256 read again beside the upload, for uploads whose part checksums are
+    computed from the disk now (copy-built ones, or after a restart): what S3 checked must be
+    the archive as it was written, not as it reads back."""
+
+    def __init__(self, path: Path, sha256: str):
+        self.path, self.sha256, self.digest = path, sha256, None
+        self.thread = threading.Thread(target=self._run, name="sha256-check", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        digest = hashlib.sha256()
+        try:
+            with open(self.path, "rb") as handle:
+                while chunk := handle.read(MIB):
+                    digest.update(chunk)
+        except OSError:
+            return
+        self.digest = digest.hexdigest()
+
+    def same(self) -> bool:
+        self.thread.join()
+        return self.digest == self.sha256
+
+
+def _abandon(job: _Job, upload_id: str) -> None:
+    """Abort an upload that must not be completed (or keep it for a later run to abort)."""
+    try:
+        abort_upload(job.client, job.bucket, job.key, upload_id)
+    except (ClientError, BotoCoreError):
+        if job.pending is None:
+            raise
+        remember_abort(job.pending, job.key, upload_id)
+    job.state.path.unlink(missing_ok=True)
 
 
 def _complete(job: _Job, parts: list[Part], upload_id: str, resumed: int, sent: int) -> Uploaded:

@@ -24,6 +24,7 @@ import zstandard
 FRAME_MAGIC = 0xFD2FB528
 SKIPPABLE = range(0x184D2A50, 0x184D2A60)
 CHUNK = 1 << 20
+BLOCK = 512
 
 
 def frame_starts(path: Path) -> list[int]:
@@ -97,9 +98,11 @@ def member_frame(path: Path, name: str) -> int | None:
         for offset in reversed(frame_starts(path)[1:]):
             raw.seek(offset)
             try:
-                head = zstandard.ZstdDecompressor().decompressobj().decompress(raw.read(1 << 16))
+                head = zstandard.ZstdDecompressor().stream_reader(raw, read_size=1 << 16).read(BLOCK)
             except zstandard.ZstdError:
                 continue
-            if head[:len(wanted)] == wanted and open_member_at(raw, offset, name) is not None:
+            # a member over 8 GiB starts with a pax header (././@PaxHeader): open_member_at decides
+            if (head[:len(wanted)] == wanted or head.startswith(b"././@PaxHeader")) and (
+                    open_member_at(raw, offset, name) is not None):
                 return offset
     return None
