@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import queue
+import stat
 import tarfile
 import threading
 from collections.abc import Callable
@@ -29,6 +30,7 @@ import zstandard
 
 from wpbackup.atomic import write_atomic
 from wpbackup.backup.frames import (
+    FileOrder,
     Frame,
     FrameWriter,
     Index,
@@ -245,7 +247,8 @@ def write_files_part(root: Path, files: str, wp_config: Path, excludes: tuple[st
         writer = FrameWriter(sink, level, threads, stats, Previous(old, previous, level) if old else None, progress)
         try:
             try:
-                _write_members(writer, root, files, wp_config, excludes, skip, stats)
+                _write_members(writer, root, files, wp_config, excludes, skip, stats,
+                               target.with_name(target.name + ".order"))
             except BaseException:
                 writer.abandon()
                 raise
@@ -270,7 +273,7 @@ def write_files_part(root: Path, files: str, wp_config: Path, excludes: tuple[st
 
 
 def _write_members(writer: FrameWriter, root: Path, files: str, wp_config: Path, excludes: tuple[str, ...],
-                   skip: set[tuple[int, int]], stats: TreeStats) -> None:
+                   skip: set[tuple[int, int]], stats: TreeStats, order_path: Path) -> None:
     in_tree = files == "all" and wp_config.parent == root
     if not in_tree:
         counted = stats.files, stats.bytes
@@ -283,8 +286,18 @@ def _write_members(writer: FrameWriter, root: Path, files: str, wp_config: Path,
             stats.files, stats.bytes = counted
         else:  # the config came from the parent: the root's own (a dangling link) must not replace it
             excludes = (*excludes, "wp-config.php")
-    for entry in walk(root, "" if files == "all" else "wp-content", excludes, skip, stats):
-        writer.add(entry)
+    order = FileOrder(order_path)
+    try:
+        for entry in walk(root, "" if files == "all" else "wp-content", excludes, skip, stats):
+            if entry.linkname is None and stat.S_ISREG(entry.st.st_mode):
+                order.add(entry)
+            else:
+                writer.add(entry)
+        writer.end_run()
+        for entry in order.entries(stats):
+            writer.add(entry)
+    finally:
+        order.close()
 
 
 def _resume_digests(path: Path, size: int, parts: PartDigests | None):

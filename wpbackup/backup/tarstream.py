@@ -346,19 +346,20 @@ def write_entry(out: BinaryIO, entry: Entry, stats: TreeStats,
         out.write(chunk)
         stats.dirs += 1
         stats.written += len(chunk)
-    elif stat.S_ISREG(mode):
-        return write_file(out, entry.path, entry.name, stats, progress)
+    elif stat.S_ISREG(mode):  # the walk saw a regular file there: never follow what replaced it
+        return write_file(out, entry.path, entry.name, stats, progress, nofollow=True)
     else:
         stats.warn(f"{entry.name}: skipped (not a regular file, folder or link)")
     return None
 
 
 def write_file(out: BinaryIO, path: Path, name: str, stats: TreeStats,
-               progress: Callable[[int], None] | None = None) -> os.stat_result | None:
+               progress: Callable[[int], None] | None = None, nofollow: bool = False) -> os.stat_result | None:
     """One regular file as a member; its size is fixed by fstat of the opened file (returned;
-    None when the file could not be opened)."""
+    None when the file could not be opened). ``nofollow``: a symbolic link put in its place
+    since it was seen is not followed (it cannot be read as this member)."""
     try:
-        handle = open(path, "rb", buffering=0)
+        handle = open(os.open(path, os.O_RDONLY | (os.O_NOFOLLOW if nofollow else 0)), "rb", buffering=0)
     except FileNotFoundError:
         stats.cannot_read(name, "vanished before it was read")
         return None
