@@ -516,7 +516,33 @@ class _Sender:
         """UploadPartCopy of last night's bytes; the answer's ETag must be the MD5 of tonight's
         bytes there (or, in CRC32 mode, its CRC32 when the provider gives one)."""
         job = self.job
-        md5, crc32 = PartReader(self.fd, part.start, part.length).digests(job.crc)
+        # the local checksum is computed while the provider copies (a big part: seconds each)
+        local: dict = {}
+        hashing = threading.Thread(target=lambda: local.update(
+            sums=PartReader(self.fd, part.start, part.length).digests(job.crc)), daemon=True)
+        hashing.start()
+        try:
+            response = self._copy_request(part)
+        finally:
+            hashing.join()
+        md5, crc32 = local["sums"]
+        where = f"s3://{job.bucket}/{self.source_key}"
+        result = response.get("CopyPartResult", {})
+        etag = str(result.get("ETag", "")).strip('"')
+        given = result.get("ChecksumCRC32")
+        if crc32 is not None and given and given != _b64(crc32):
+            raise CopyMismatch(f"part {part.number} copied from {where} does not hold tonight's bytes (CRC32): "
+                               "uploading the whole archive")
+        plain = md5 is None or etag == md5.hex()
+        if not plain and _MD5_ETAG.match(etag):
+            raise CopyMismatch(f"part {part.number} copied from {where} does not hold tonight's bytes (MD5): "
+                               "uploading the whole archive")
+        self.record(part, etag, plain, md5, crc32)
+
+    def _copy_request(self, part: Part) -> dict:
+        """UploadPartCopy of the part's range of the source; refusals and a source that changed
+        are CopyRefused and CopyMismatch (the caller uploads the whole archive instead)."""
+        job = self.job
         where = f"s3://{job.bucket}/{self.source_key}"
         condition = {"CopySourceIfMatch": self.source_etag} if self.source_etag else {}
         try:
@@ -539,17 +565,7 @@ class _Sender:
                 raise CopyMismatch(f"S3 could not copy part {part.number} from {where} ({code}): uploading the "
                                    "whole archive") from None
             raise
-        result = response.get("CopyPartResult", {})
-        etag = str(result.get("ETag", "")).strip('"')
-        given = result.get("ChecksumCRC32")
-        if crc32 is not None and given and given != _b64(crc32):
-            raise CopyMismatch(f"part {part.number} copied from {where} does not hold tonight's bytes (CRC32): "
-                               "uploading the whole archive")
-        plain = md5 is None or etag == md5.hex()
-        if not plain and _MD5_ETAG.match(etag):
-            raise CopyMismatch(f"part {part.number} copied from {where} does not hold tonight's bytes (MD5): "
-                               "uploading the whole archive")
-        self.record(part, etag, plain, md5, crc32)
+        return response
 
     def record(self, part: Part, etag: str, plain: bool, md5: bytes | None, crc32: bytes | None) -> None:
         state = self.job.state
