@@ -28,8 +28,8 @@ NOT_KEYS = {
     # wp-config.php constants (DB_X: the docstrings' placeholder)
     "DB_NAME", "DB_USER", "DB_PASSWORD", "DB_HOST", "DB_CHARSET", "DB_COLLATE", "DB_X", "WP_HOME", "WP_SITEURL",
     "WP_CONTENT_DIR",
-    # other programs' words: S3's checksum type and a storage class, an OpenSSL reason, doit's settings
-    "FULL_OBJECT", "STANDARD_IA", "WRONG_VERSION_NUMBER", "DOIT_CONFIG",
+    # other programs' words: S3's checksum type and storage classes, an OpenSSL reason, doit's settings
+    "FULL_OBJECT", "STANDARD_IA", "DEEP_ARCHIVE", "WRONG_VERSION_NUMBER", "DOIT_CONFIG",
     # the seed's .env keys, read only by `doit migrate` (wpbackup/ops/migrate.py) from an old install
     "S3_SERVER_1_ENDPOINT", "S3_SERVER_1_BUCKET", "S3_SERVER_1_REGION", "S3_SERVER_1_ACCESS_KEY",
     "S3_SERVER_1_SECRET_KEY", "CLOUDFLARE_ACCOUNT_ID", "CLOUDFLARE_D1_DATABASE_ID", "CLOUDFLARE_API_TOKEN",
