@@ -26,8 +26,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import zstandard
-
 from wpbackup.atomic import write_atomic
 from wpbackup.backup.frames import (
     FileOrder,
@@ -208,11 +206,6 @@ class HashingWriter:
         self._raise()
 
 
-def compressor(level: int, threads: int) -> zstandard.ZstdCompressor:
-    """ZSTD_THREADS=0 means every core, as `zstd -T0` does."""
-    return zstandard.ZstdCompressor(level=level, threads=-1 if threads == 0 else threads, write_checksum=True)
-
-
 def archive_name(site: str, stamp: str) -> str:
     return f"{site}-backup-{stamp}.tar.zst"
 
@@ -319,14 +312,6 @@ def _resume_digests(path: Path, size: int, parts: PartDigests | None):
                 parts.update(chunk)
             remaining -= len(chunk)
     return digest, parts
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass

@@ -105,6 +105,11 @@ class Index:
         return zstandard.ZstdCompressor(level=3).compress(json.dumps(body, separators=(",", ":")).encode())
 
 
+def compressor(level: int, threads: int) -> zstandard.ZstdCompressor:
+    """ZSTD_THREADS=0 means every core, as `zstd -T0` does."""
+    return zstandard.ZstdCompressor(level=level, threads=-1 if threads == 0 else threads, write_checksum=True)
+
+
 def index_path(archive: Path) -> Path:
     return archive.with_name(archive.name + INDEX_SUFFIX)
 
@@ -451,13 +456,17 @@ class FrameWriter:
     def _read(self, run: list[Entry]) -> tuple[bytes, bool]:
         """The run's tar bytes, and whether every member was read as its identity says."""
         buffer = BytesIO()
-        troubles = (self.stats.unreadable_count, len(self.stats.warnings))
+        troubles = self._troubles()
         clean = True
         for entry in run:
             st = write_entry(buffer, entry, self.stats, self.progress)
             clean &= st is None or _settled(entry, st)
-        clean &= troubles == (self.stats.unreadable_count, len(self.stats.warnings))
+        clean &= troubles == self._troubles()
         return buffer.getvalue(), clean
+
+    def _troubles(self) -> tuple[int, int]:
+        """What reading has reported so far: a change means the member just read had trouble."""
+        return self.stats.unreadable_count, len(self.stats.warnings)
 
     def _compress(self, raw: bytes) -> bytes:
         compressor = getattr(self.local, "compressor", None)
@@ -476,15 +485,12 @@ class FrameWriter:
             self._count_reused([entry], old)
             self.frames.append(Frame(start, old.length, old.crc, old.raw, key, old.offset))
             return
-        troubles = (self.stats.unreadable_count, len(self.stats.warnings))
+        troubles = self._troubles()
         before = self.stats.written
         counted = Crc(self.sink)
-        threads = self.threads if self.threads > 0 else -1
-        with zstandard.ZstdCompressor(level=self.level, threads=threads, write_checksum=True).stream_writer(
-                counted, closefd=False, write_size=CHUNK) as out:
+        with compressor(self.level, self.threads).stream_writer(counted, closefd=False, write_size=CHUNK) as out:
             st = write_entry(out, entry, self.stats, self.progress)
-        clean = st is not None and troubles == (self.stats.unreadable_count, len(self.stats.warnings)) and (
-            _settled(entry, st))
+        clean = st is not None and troubles == self._troubles() and _settled(entry, st)
         frame = Frame(start, self.sink.written - start, counted.crc, self.stats.written - before,
                       key if clean else None)
         self._match(frame)

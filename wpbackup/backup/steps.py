@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import threading
 from collections.abc import Callable
@@ -34,7 +33,8 @@ from wpbackup.console import Progress, human_bytes, log
 from wpbackup.database.mysql import dump_database, summarize
 from wpbackup.errors import BackupError, Incomplete
 from wpbackup.fleet import catalog
-from wpbackup.retention.local import apply_local_keep, waiting_uploads
+from wpbackup.retention.local import apply_local_keep, archive_pattern, waiting_uploads
+from wpbackup.storage.reader import file_sha256
 from wpbackup.storage.s3 import (
     abort_upload,
     describe,
@@ -347,10 +347,12 @@ def tar_stage(settings: Settings, site: Site, run: Run) -> dict:
             raise BackupError(f"site {site.name}: {site.path / 'wp-content'} does not exist")
         progress = Progress(f"{site.name} tar")
         previous = previous_archive(settings, site, run)
+        # with a previous archive the upload plans its own parts (copies) and checksums them
+        sums = None if previous else part_plan(settings)
         part = archive.write_files_part(
             site.path, site.files, wp_config, site.excludes, _skip_set(settings),
             run.folder / "files.part.zst", settings.zstd_level, settings.zstd_threads, progress.add,
-            None if previous else part_plan(settings), previous)
+            sums, previous)
         stats, reuse = part.stats, part.reuse
         receipt = run.write_receipt("tar", {
             "size": part.size, "written": stats.written, "files": stats.files, "bytes": stats.bytes,
@@ -360,7 +362,7 @@ def tar_stage(settings: Settings, site: Site, run: Run) -> dict:
             "left_out": stats.left_out, "left_out_count": stats.left_out_count,
             "wordpress_version": wordpress_version(site.path), "seconds": round(progress.elapsed, 2),
             "reused_from": part.source, "reused_files": reuse.files, "reused_bytes": reuse.bytes,
-            "reused_frames": reuse.frames, "matched_frames": reuse.matched,
+            "reused_frames": reuse.frames, "matched_frames": reuse.matched, "part_sums": sums is not None,
         })
         reused = (f"; {reuse.files} unchanged files ({human_bytes(reuse.bytes)}) copied from {part.source}"
                   if reuse.files else "")
@@ -376,7 +378,7 @@ def previous_archive(settings: Settings, site: Site, run: Run) -> Path | None:
     """The newest archive of the site before this run's that has a frame index (the archive
     itself may be gone: its frames can then still be matched, see frames.py)."""
     current = archive.archive_name(site.name, run.stamp)
-    pattern = re.compile(re.escape(site.name) + r"-backup-\d{8}-\d{6}\.tar\.zst")
+    pattern = archive_pattern(site.name)
     names = sorted(p.name[:-len(INDEX_SUFFIX)] for p in settings.backup_dir.glob(f"{site.name}-backup-*{INDEX_SUFFIX}"))
     older = [name for name in names if pattern.fullmatch(name) and name < current]
     return settings.backup_dir / older[-1] if older else None
@@ -450,8 +452,8 @@ def compress_stage(settings: Settings, site: Site, run: Run) -> dict:
             raise BackupError("the dump and tar stages of this run have not finished")
         files_part = run.folder / "files.part.zst"
         progress = Progress(f"{site.name} compress")
-        # with a previous archive the upload plans its own parts (copies), as the tar stage knew
-        plan = None if tar.get("reused_from") else part_plan(settings)
+        # the part checksums go on only where the tar stage began them (receipts from before: always)
+        plan = part_plan(settings) if tar.get("part_sums", True) else None
         part_sums, copied = None, 0
         if files_part.exists():
             try:
@@ -467,7 +469,7 @@ def compress_stage(settings: Settings, site: Site, run: Run) -> dict:
                 files_part.unlink(missing_ok=True)
                 raise BackupError(f"{exc}; the next run archives the files again") from None
         elif target.exists():  # renamed before a crash: complete, only the receipt is missing
-            sha256, size = archive.file_sha256(target), target.stat().st_size
+            sha256, size = file_sha256(target), target.stat().st_size
         else:
             raise BackupError(f"{files_part} is missing: the run's intermediates were removed")
         archive.write_sidecar(target, sha256)

@@ -35,6 +35,7 @@ from wpbackup import __version__
 from wpbackup.config.settings import PROJECT_DIR, Settings, load_settings
 from wpbackup.config.sites import load_sites
 from wpbackup.errors import BackupError, ConfigError
+from wpbackup.storage.reader import file_sha256
 
 #: What a server needs to run the tool, relative to the install (tests/, bench/, .ci/, the
 #: dev requirements and the controller's own state stay home).
@@ -178,17 +179,9 @@ def bundle_digest(project: Path, files: tuple[str, ...] | list[str]) -> str:
         if path.is_symlink():
             content = hashlib.sha256(os.readlink(path).encode()).hexdigest()
         else:
-            content = _file_sha256(path)
+            content = file_sha256(path)
         total.update(f"{name}\0{os.access(path, os.X_OK)}\0{content}\n".encode())
     return total.hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def filter_rules() -> list[str]:

@@ -34,7 +34,7 @@ from pathlib import Path
 from dotenv import dotenv_values
 
 from wpbackup.atomic import write_atomic
-from wpbackup.backup.archive import archive_name, file_sha256, write_sidecar
+from wpbackup.backup.archive import archive_name, write_sidecar
 from wpbackup.config.settings import (
     BY_NAME,
     SERVER_ID_RE,
@@ -48,6 +48,7 @@ from wpbackup.errors import BackupError, ConfigError, disk_error
 from wpbackup.fleet import catalog
 from wpbackup.ops.envfile import EnvFile
 from wpbackup.storage import s3
+from wpbackup.storage.reader import file_sha256
 
 JOURNAL = ".migrate.json"
 SITE_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")

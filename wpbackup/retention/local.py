@@ -16,9 +16,14 @@ from wpbackup.console import log
 from wpbackup.fleet import catalog
 
 
+def archive_pattern(site_name: str) -> re.Pattern:
+    """The name of one of a site's archives, {site}-backup-{YYYYMMDD-HHMMSS}.tar.zst, whole."""
+    return re.compile(re.escape(site_name) + r"-backup-\d{8}-\d{6}\.tar\.zst")
+
+
 def local_archives(settings: Settings, site_name: str) -> list[str]:
     """A site's archives in BACKUP_DIR, oldest first (names sort by their UTC stamps)."""
-    pattern = re.compile(re.escape(site_name) + r"-backup-\d{8}-\d{6}\.tar\.zst")
+    pattern = archive_pattern(site_name)
     return sorted(p.name for p in settings.backup_dir.glob(f"{site_name}-backup-*.tar.zst")
                   if pattern.fullmatch(p.name))
 

@@ -56,6 +56,15 @@ def is_site_file(member: tarfile.TarInfo, mode: str) -> bool:
     return mode == "all" or member.name != "wp-config.php"
 
 
+def file_sha256(path: Path) -> str:
+    """The sha256 of a whole file, read in bounded chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def sidecar_sha256(archive: Path) -> str | None:
     """The checksum in NAME.sha256 beside an archive, if readable."""
     try:

@@ -36,6 +36,7 @@ from wpbackup.backup.children import stopping
 from wpbackup.console import log
 from wpbackup.errors import BackupError
 from wpbackup.storage.partplan import Part, copy_runs, plain_parts, plan_parts, valid
+from wpbackup.storage.reader import file_sha256
 from wpbackup.storage.s3 import (
     _MD5_ETAG,
     CHECKSUMS,
@@ -266,7 +267,7 @@ def upload_archive(client, bucket: str, key: str, path: Path, sha256: str, metad
         except (CopyRefused, CopyMismatch) as exc:
             note = str(exc)
             log.warning("%s", note)
-            _drop(job)
+            _drop_recorded(job.client, job.state, job.bucket, job.key, job.pending)
     written = [bytes.fromhex(h) for h in part_sums] if part_sums else None
     if written is not None and len(written) != math.ceil(size / part_size):
         raise ArchiveChanged(f"{path} is {size} bytes, not the size it was written with "
@@ -304,11 +305,6 @@ def _forget_other(job: _Job, wanted: dict) -> str:
     if job.size > wanted["part_size"] and _recorded(job.state, job.bucket, wanted) == wanted:
         return ""
     return _drop_recorded(job.client, job.state, job.bucket, job.key, job.pending)
-
-
-def _drop(job: _Job) -> None:
-    """Abort the copy-built upload that failed, before the plain one starts."""
-    _drop_recorded(job.client, job.state, job.bucket, job.key, job.pending)
 
 
 def _drop_recorded(client, state: _State, bucket: str, key: str, pending: Path | None) -> str:
@@ -621,14 +617,10 @@ class _WholeCheck:
         self.thread.start()
 
     def _run(self) -> None:
-        digest = hashlib.sha256()
         try:
-            with open(self.path, "rb") as handle:
-                while chunk := handle.read(MIB):
-                    digest.update(chunk)
-        except OSError:
-            return
-        self.digest = digest.hexdigest()
+            self.digest = file_sha256(self.path)
+        except OSError:  # unreadable: not the archive as written
+            pass
 
     def same(self) -> bool:
         self.thread.join()
