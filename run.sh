@@ -6,6 +6,15 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
+# doit's own parser fails with a traceback on an empty argument ("$UNSET" in a script)
+for arg in "$@"; do
+    if [ -z "$arg" ]; then
+        echo "an empty argument was given (an unset shell variable?): $0 $*" >&2
+        echo "give each option a value (--database NAME), or leave the option out for its default" >&2
+        exit 2
+    fi
+done
+
 if ! command -v mariadb-dump >/dev/null 2>&1 && ! command -v mysqldump >/dev/null 2>&1; then
     if [ "$(id -u)" -eq 0 ]; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mariadb-client >/dev/null

@@ -51,12 +51,13 @@ def _restore_and_report(site, archive, target, database, db_only, files_only, fo
     from wpbackup.restore.restore import Request, restore
 
     try:
+        _no_empty_values(archive=archive, target=target, database=database)
         chosen = _site(site)
         if db_only and files_only:
             raise BackupError("--db-only and --files-only exclude each other")
         summary = restore(CONTEXT.settings, Request(
-            site=chosen, archive=archive or None, target=Path(target) if target else None,
-            database=database or None, files=not db_only, db=not files_only, force=force, admin=admin))
+            site=chosen, archive=archive, target=Path(target) if target else None,
+            database=database, files=not db_only, db=not files_only, force=force, admin=admin))
     except BackupError as exc:
         _record("ERROR", site or None, f"restore failed: {exc}")
         log.error("restore failed: %s", exc)
@@ -65,6 +66,15 @@ def _restore_and_report(site, archive, target, database, db_only, files_only, fo
     _record("INFO", chosen.name, message)
     print(message)
     return True
+
+
+def _no_empty_values(**given: str | None) -> None:
+    """An option given with nothing after it (``--database=`` from an unset shell variable)
+    is refused: taken as "not given", it would restore over the site's own database or folder."""
+    for name, value in given.items():
+        if value is not None and not value.strip():
+            raise BackupError(f"--{name} was given an empty value (an unset shell variable?): give it one, or "
+                              f"leave --{name} out for its default; nothing was changed")
 
 
 HOW_LOADED = {"scratch": "loaded into a scratch database, then renamed into place",
@@ -100,7 +110,8 @@ def verify_action(site, all_, remote, restore_test_):
 
     settings = CONTEXT.settings
     try:
-        sites = [_site(site)] if site else CONTEXT.enabled
+        _no_empty_values(site=site)
+        sites = [_site(site)] if site is not None else CONTEXT.enabled
     except BackupError as exc:
         return TaskFailed(str(exc))
     failures = 0
@@ -127,7 +138,7 @@ def _flag(name: str, help_text: str, long: str | None = None) -> dict:
     return {"name": name, "long": long or name.replace("_", "-"), "type": bool, "default": False, "help": help_text}
 
 
-def _text(name: str, help_text: str, default: str = "") -> dict:
+def _text(name: str, help_text: str, default: str | None = None) -> dict:
     return {"name": name, "long": name, "type": str, "default": default, "help": help_text}
 
 

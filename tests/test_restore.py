@@ -16,7 +16,7 @@ import zstandard
 
 from wpbackup.fleet import catalog
 
-from .conftest import make_site
+from .conftest import REPO, make_site
 from .servers import WordPress
 
 
@@ -678,8 +678,6 @@ def test_admin_is_refused_clearly_when_not_root_or_for_another_machines_database
              "except BackupError as exc:\n    print(exc)\n")
     import sys
 
-    from .conftest import REPO
-
     result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
                              probe], capture_output=True, text=True, cwd=REPO)
     assert "only root may do: run the restore as root" in result.stdout, result.stdout + result.stderr
@@ -689,9 +687,71 @@ def test_a_bad_database_name_is_refused_before_anything(install, wordpress, mari
     install.add_site("blog", wordpress)
     assert install.doit("backup").returncode == 0
     before = mariadb.sql("SHOW DATABASES")
-    for name in ["blog\n", "a b", "x;DROP", "a" * 65]:  # (doit itself fails on an empty argument)
+    for name in ["blog\n", "a b", "x;DROP", "a" * 65]:  # (an empty one: the test below)
         result = install.doit("restore", "--site", "blog", "--db-only", "--database", name)
         out = _out(result)
         assert result.returncode != 0 and "Traceback" not in out, out
         assert "--database" in out and "use letters, digits" in out, out
     assert mariadb.sql("SHOW DATABASES") == before
+
+
+
+def test_an_option_given_an_empty_value_is_refused_not_taken_for_its_default(install, wordpress, mariadb, tmp_path):
+    """`--database="$DB"` with DB unset must not restore over the site's own database, nor
+    `--target=` over its own folder; run.sh refuses an empty argument doit would crash on."""
+    install.add_site("blog", wordpress)
+    assert install.doit("backup").returncode == 0
+    before, config = mariadb.sql("SHOW DATABASES"), (wordpress.path / "wp-config.php").read_bytes()
+    for option in ("--database=", "--target=", "--archive=", "--database= "):
+        result = install.doit("restore", "--site", "blog", "--force", option)
+        out = _out(result)
+        assert result.returncode != 0 and "Traceback" not in out, out
+        assert f"{option.strip().rstrip('=')} was given an empty value" in out, out
+    verify = install.doit("verify", "--site=")
+    assert verify.returncode != 0 and "--site was given an empty value" in _out(verify)
+    assert mariadb.sql("SHOW DATABASES") == before
+    assert (wordpress.path / "wp-config.php").read_bytes() == config
+    script = subprocess.run(["bash", str(REPO / "run.sh"), "restore", "--site", "blog", "--database", ""],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert script.returncode == 2 and "empty argument" in script.stderr and "Traceback" not in script.stderr
+
+def test_a_root_holding_its_own_database_sql_and_manifest_json_restores_both_and_the_real_dump(
+        install, own_wordpress, mariadb, tmp_path, s3):
+    """`files: all` archives the root as it is: a stale dump left in the web root, a web app's
+    manifest.json (and the folders beside them whose names begin the same) must neither be taken
+    for the archive's own members (verify's counts, restore's database) nor be left out of the
+    restore."""
+    site = own_wordpress
+    stale = b"-- a stale dump somebody left in the web root\nDROP TABLE IF EXISTS wp_posts;\n"
+    app_manifest = b'{"name": "The Blog", "start_url": "/"}\n'
+    (site.path / "database.sql").write_bytes(stale)
+    (site.path / "manifest.json").write_bytes(app_manifest)
+    (site.path / "database.sql.d").mkdir()  # a neighbour that only starts with the name
+    (site.path / "manifest.json.d").mkdir()
+    (site.path / "manifest.json.d" / "icons.json").write_text("[]")
+    site.read()
+    install.use_s3(s3)
+    install.add_site("blog", site, files="all")
+    result = install.doit("backup")
+    assert result.returncode == 0, _out(result)
+    before = site.read()
+    [archive] = install.archives()
+    names = subprocess.run(["tar", "--zstd", "-tf", str(archive)], check=True, capture_output=True,
+                           text=True).stdout.splitlines()
+    assert names.count("database.sql") == 1 and names.count("manifest.json") == 1
+    assert "./database.sql" in names and "./manifest.json" in names
+    assert json.loads(subprocess.run(["tar", "--zstd", "-xOf", str(archive), "manifest.json"], check=True,
+                                     capture_output=True).stdout)["site"] == "blog"
+    verified = install.doit("verify", "--site", "blog", "--remote")
+    assert verified.returncode == 0, _out(verified)
+
+    other = tmp_path / "elsewhere"
+    restored = install.doit("restore", "--site", "blog", "--target", str(other), "--database", f"{site.db_name}_alt")
+    assert restored.returncode == 0, _out(restored)
+    assert (other / "database.sql").read_bytes() == stale
+    assert (other / "manifest.json").read_bytes() == app_manifest
+    assert (other / "manifest.json.d" / "icons.json").read_text() == "[]"
+    titles = mariadb.sql("SELECT post_title FROM wp_posts WHERE post_type='post' ORDER BY ID",
+                         database=f"{site.db_name}_alt")
+    assert "😀" in titles
+    assert site.read() == before

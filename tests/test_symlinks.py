@@ -332,3 +332,26 @@ def test_a_file_that_shrinks_while_read_is_unreadable_and_padded(tmp_path):
     assert out.getvalue() == b"abc" + b"\0" * 7
     assert stats.unreadable == ["wp-content/x.log: shrank while being read; padded with zeros"]
     assert stats.unreadable_count == 1 and stats.warnings == []
+
+
+def test_root_entries_named_like_the_archives_own_members_get_a_name_of_their_own(tmp_path):
+    """With `files: all`, a folder called database.sql and a link called manifest.json at the
+    root are the site's: written as ./NAME, they survive the exclusions restore gives GNU tar
+    for the archive's own members, and nothing else of the tree is renamed."""
+    root = tmp_path / "site"
+    (root / "database.sql").mkdir(parents=True)
+    (root / "database.sql" / "2025.sql").write_text("-- old")
+    (root / "real.json").write_text("{}")
+    (root / "manifest.json").symlink_to("real.json")
+    (root / "wp-content" / "database.sql").mkdir(parents=True)  # deeper down: its own name
+    members, _, data = _members(root, "")
+    names = {m.name for m in members}
+    assert {"./database.sql", "./database.sql/2025.sql", "./manifest.json", "wp-content/database.sql"} <= names
+    assert not names & {"database.sql", "manifest.json", "database.sql/2025.sql"}
+    into = tmp_path / "x"
+    into.mkdir()
+    result = subprocess.run(["tar", "-xf", "-", "--anchored", "--exclude=database.sql", "--exclude=manifest.json"],
+                            input=data, cwd=into, capture_output=True)
+    assert (result.returncode, result.stderr) == (0, b"")
+    assert (into / "database.sql" / "2025.sql").read_text() == "-- old"
+    assert os.readlink(into / "manifest.json") == "real.json"

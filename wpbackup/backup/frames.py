@@ -47,7 +47,7 @@ from typing import BinaryIO
 import zstandard
 
 from wpbackup.atomic import write_atomic
-from wpbackup.backup.tarstream import BLOCK, CHUNK, Entry, TreeStats, write_entry
+from wpbackup.backup.tarstream import BLOCK, CHUNK, Entry, TreeStats, member_name, write_entry
 from wpbackup.console import log
 from wpbackup.errors import BackupError
 
@@ -137,7 +137,8 @@ def identity(entry: Entry) -> list:
     """What must not have changed for a member's bytes in last night's archive to be tonight's."""
     st = entry.st
     size = st.st_size if stat.S_ISREG(st.st_mode) and entry.linkname is None else 0
-    return [entry.name, entry.linkname or "", str(entry.path) if entry.outside else "", st.st_mode, size,
+    # the name as written (member_name): an archive from before that rule holds other bytes
+    return [member_name(entry.name), entry.linkname or "", str(entry.path) if entry.outside else "", st.st_mode, size,
             st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev, st.st_uid, st.st_gid]
 
 

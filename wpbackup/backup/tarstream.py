@@ -53,6 +53,18 @@ def end_of_archive(written: int) -> bytes:
     return b"\0" * (2 * BLOCK + (-total % RECORD))
 
 
+#: the archive's own members, written after the site's (archive.py)
+OWN_MEMBERS = ("database.sql", "manifest.json")
+
+
+def member_name(name: str) -> str:
+    """The tar name of a site path. With `files: all` the site root may hold its own
+    database.sql or manifest.json (a stale dump, a web app manifest): those, and anything in
+    a folder of that name, go in as ``./database.sql``, so no reader takes them for the
+    archive's members, and GNU tar's ``--anchored --exclude=database.sql`` keeps them."""
+    return f"./{name}" if name.split("/", 1)[0] in OWN_MEMBERS else name
+
+
 def bytes_member(name: str, data: bytes, mtime: float, mode: int = 0o600) -> bytes:
     """A whole member (header, data, padding) for small in-memory content."""
     info = tarfile.TarInfo(name)
@@ -333,21 +345,21 @@ def write_entry(out: BinaryIO, entry: Entry, stats: TreeStats,
     when it could not be opened, or for other members)."""
     mode = entry.st.st_mode
     if entry.linkname is not None:
-        info = _info(entry.name, entry.st)
+        info = _info(member_name(entry.name), entry.st)
         info.type, info.mode, info.linkname = tarfile.SYMTYPE, 0o777, entry.linkname
         chunk = header(info)
         out.write(chunk)
         stats.links += 1
         stats.written += len(chunk)
     elif stat.S_ISDIR(mode):
-        info = _info(entry.name, entry.st)
+        info = _info(member_name(entry.name), entry.st)
         info.type = tarfile.DIRTYPE
         chunk = header(info)
         out.write(chunk)
         stats.dirs += 1
         stats.written += len(chunk)
     elif stat.S_ISREG(mode):  # the walk saw a regular file there: never follow what replaced it
-        return write_file(out, entry.path, entry.name, stats, progress, nofollow=True)
+        return write_file(out, entry.path, member_name(entry.name), stats, progress, nofollow=True)
     else:
         stats.warn(f"{entry.name}: skipped (not a regular file, folder or link)")
     return None

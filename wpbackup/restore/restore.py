@@ -46,7 +46,7 @@ from wpbackup.fleet import catalog
 from wpbackup.restore.dbswap import DatabaseSide, Stopped, StreamLoad, check_stop, open_database
 from wpbackup.restore.fileswap import FilesPlan, FilesSwap, plan_files
 from wpbackup.restore.members import MemberCheck
-from wpbackup.storage.reader import CHUNK, HashingReader, sidecar_sha256
+from wpbackup.storage.reader import CHUNK, SPECIAL, HashingReader, sidecar_sha256
 from wpbackup.storage.s3 import make_client
 from wpbackup.storage.zstdframes import member_frame, open_member_at
 
@@ -180,7 +180,7 @@ def _scan_members(tar, sink, manifest: dict, setid: list[str]) -> int:
         checker.check(member)
         if member.isfile() and member.mode & SETID:
             setid.append(member.name)
-        files += member.isfile() and member.name not in ("manifest.json", "database.sql")
+        files += member.isfile() and member.name not in SPECIAL
         if member.name == "manifest.json" and member.isfile():
             manifest.update(json.loads(tar.extractfile(member).read(16 << 20)))
         elif member.name == "database.sql" and member.isfile() and sink is not None:

@@ -15,6 +15,8 @@ from typing import BinaryIO
 
 import zstandard
 
+from wpbackup.backup.tarstream import OWN_MEMBERS
+
 CHUNK = 1 << 20
 
 
@@ -45,7 +47,7 @@ def open_members(raw: BinaryIO) -> tuple[HashingReader, tarfile.TarFile]:
     return hashed, tarfile.open(fileobj=stream, mode="r|", bufsize=CHUNK)
 
 
-SPECIAL = ("database.sql", "manifest.json")
+SPECIAL = OWN_MEMBERS  # a site file of the same name is written as ./NAME (tarstream.member_name)
 
 
 def is_site_file(member: tarfile.TarInfo, mode: str) -> bool:
