@@ -284,6 +284,10 @@ def run_ours(bench: Bench) -> dict:
     result["assembly"] = float(joined.group(1)) if joined else 0.0
     upload = re.search(r"uploaded to s3://\S+ and verified.*? in ([\d.]+)s", result["output"])
     result["upload"] = float(upload.group(1)) if upload else None
+    dumped = re.search(r"dumped, .*? in ([\d.]+)s", result["output"])
+    archived = re.search(r"\) archived in ([\d.]+)s", result["output"])
+    if dumped and archived:  # side by side: the archive waits for the longer of the two
+        result["phases"] = {"dump": float(dumped.group(1)), "tar": float(archived.group(1))}
     return result
 
 
@@ -292,12 +296,17 @@ def run_shell(bench: Bench) -> dict:
     shutil.rmtree(shell_dir, ignore_errors=True)
     shell_dir.mkdir()
     url = bench.proxy.url
-    script = (f"set -eo pipefail; {bench.dump_cmd} | zstd -q -T0 -3 > {shell_dir}/db.sql.zst; "
-              f"tar -C {bench.site} -cf - wp-content | zstd -q -T0 -3 > {shell_dir}/files.tar.zst; "
+    marks = shell_dir / "marks"
+    mark = f"date +%s.%N >> {marks}"  # when each of the three steps ended
+    script = (f"set -eo pipefail; {mark}; {bench.dump_cmd} | zstd -q -T0 -3 > {shell_dir}/db.sql.zst; {mark}; "
+              f"tar -C {bench.site} -cf - wp-content | zstd -q -T0 -3 > {shell_dir}/files.tar.zst; {mark}; "
               f"for f in db.sql.zst files.tar.zst; do aws --endpoint-url {url} s3 cp "
-              f"--only-show-errors {shell_dir}/$f s3://bench/shell/$f; done")
+              f"--only-show-errors {shell_dir}/$f s3://bench/shell/$f; done; {mark}")
     result = timed(bench, ["bash", "-c", script], bench.aws_env)
     result["stored"] = result["archive"] = bench.moto.stored("shell/")
+    at = [float(line) for line in marks.read_text().split()]
+    if len(at) == 4:
+        result["phases"] = {"dump": at[1] - at[0], "tar": at[2] - at[1], "upload": at[3] - at[2]}
     return result
 
 
@@ -512,6 +521,24 @@ def medians(rows: dict[str, list[dict]]) -> dict[str, dict]:
     return out
 
 
+def print_phases(rows: dict[str, list[dict]]) -> None:
+    """Where the first backup's time goes: ours dumps beside tar, then appends the dump and
+    uploads (S3 wants the sha256 metadata when the upload starts); the shell runs its three
+    steps one after the other."""
+    med = statistics.median
+    ours = [r for r in rows.get("ours", []) if r.get("phases") and r.get("upload") is not None]
+    if ours:
+        print(f"ours phases: dump {med(r['phases']['dump'] for r in ours):.2f}s beside tar "
+              f"{med(r['phases']['tar'] for r in ours):.2f}s; upload {med(r['upload'] for r in ours):.2f}s "
+              f"({med(r['upload'] - r.get('assembly', 0.0) for r in ours):.2f}s without moto's join)")
+    shell = [r for r in rows.get("shell", []) if r.get("phases")]
+    if shell:
+        print(f"shell phases, one after the other: dump|zstd {med(r['phases']['dump'] for r in shell):.2f}s, "
+              f"tar|zstd {med(r['phases']['tar'] for r in shell):.2f}s, aws s3 cp "
+              f"{med(r['phases']['upload'] for r in shell):.2f}s "
+              f"({med(r['phases']['upload'] - r['join'] for r in shell):.2f}s without moto's join)")
+
+
 def report(args, rows, seconds, night, size, raw_dump, limit, resumed, scale, restores) -> None:
     med = statistics.median
     uplink = f"uplink limited to {args.throttle:g} MB/s" if args.throttle else "uplink not limited"
@@ -536,6 +563,7 @@ def report(args, rows, seconds, night, size, raw_dump, limit, resumed, scale, re
         ready = med(r["wall"] - r["upload"] for r in rows["ours"] if r.get("upload") is not None)
         print(f"ours: archive ready after ~{ready:.2f}s (wall less the upload line's time), upload done after "
               f"{med(uploads):.2f}s more, of {ours['wall']:.2f}s in all")
+    print_phases(rows)
     for other in ("shell", "restic"):
         if other in first:
             print(f"ours/{other}: wall {ours['wall'] / first[other]['wall']:.2f}, "
