@@ -8,13 +8,12 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from wpbackup.backup import archive, dumpframes
-from wpbackup.backup.frames import BIG, RACY, FrameWriter, index_path, load_index
+from wpbackup.backup import archive
+from wpbackup.backup.frames import BIG, RACY, index_path, load_index
 
 LEVEL = 3
 
@@ -44,10 +43,8 @@ def _settle() -> None:
 
 
 def _build(root: Path, out: Path, previous: Path | None = None, stamp: str = "20261201-000000",
-           sql: bytes = b"CREATE TABLE t (a INT);\nINSERT INTO t VALUES (1);\n",
-           dumped: Callable[[Path], object] | None = None) -> tuple[Path, object]:
-    """A whole archive (files part, a dump, the manifest) as the backup stages make it;
-    ``dumped`` runs once the dump is written (what the dump stage does after it)."""
+           sql: bytes = b"CREATE TABLE t (a INT);\nINSERT INTO t VALUES (1);\n") -> tuple[Path, object]:
+    """A whole archive (files part, a dump, the manifest) as the backup stages make it."""
     work = out / stamp
     work.mkdir(parents=True)
     part = archive.write_files_part(root, "wp-content", root / "wp-config.php", (), set(), work / "files.part.zst",
@@ -55,8 +52,6 @@ def _build(root: Path, out: Path, previous: Path | None = None, stamp: str = "20
     dump = work / "database.sql"
     dump.write_bytes(sql)
     os.utime(dump, (1_700_000_000, 1_700_000_000))
-    if dumped:
-        dumped(dump)
     target = out / f"blog-backup-{stamp}.tar.zst"
     finished = archive.finish_archive(work / "files.part.zst", part.size, part.stats.written, dump,
                                       {"site": "blog"}, target, LEVEL, 0, previous=previous)
@@ -196,62 +191,3 @@ def test_a_file_changed_just_before_it_was_read_is_read_again_the_next_night(tmp
     second, part = _build(root, tmp_path / "out", previous=first, stamp="20261202-000000")
     assert part.reuse.files == part.stats.files - 1
     assert second.read_bytes() == first.read_bytes()
-
-
-def _compressions(monkeypatch) -> list[int]:
-    """The sizes of what FrameWriter compresses itself (not copied, not handed over)."""
-    sizes: list[int] = []
-    original = FrameWriter._compress
-
-    def counted(self, raw: bytes) -> bytes:
-        sizes.append(len(raw))
-        return original(self, raw)
-
-    monkeypatch.setattr(FrameWriter, "_compress", counted)
-    return sizes
-
-
-def test_the_dump_compressed_by_the_dump_stage_gives_the_very_same_archive(tmp_path, monkeypatch):
-    root = _site(tmp_path / "site")
-    sql = _sql(40_000)
-    sizes = _compressions(monkeypatch)
-    plain, _ = _build(root, tmp_path / "plain", sql=sql, dumped=lambda dump: sizes.clear())
-    by_finish = len(sizes)
-    held: list[int] = []
-    early, _ = _build(root, tmp_path / "early", sql=sql,
-                      dumped=lambda dump: (held.append(dumpframes.precompress(dump, LEVEL)), sizes.clear()))
-    pieces = [f for f in load_index(index_path(plain)).frames if f.key and f.key.startswith("d:")]
-    assert held == [len(pieces)] and len(pieces) > 6
-    assert by_finish == len(pieces) + 2 and len(sizes) == 2  # then only the dump's header and the tail
-    assert early.read_bytes() == plain.read_bytes()
-    assert dumpframes.take(tmp_path / "early" / "20261201-000000" / "database.sql") == {}  # handed over once
-
-
-def test_early_dump_frames_stay_within_their_budget_skip_last_nights_and_never_outlive_their_dump(tmp_path):
-    root = _site(tmp_path / "site")
-    sql = _sql(40_000)
-    first, _ = _build(root, tmp_path / "out", sql=sql)
-    pieces = [f for f in load_index(index_path(first)).frames if f.key and f.key.startswith("d:")]
-
-    def small_budget(dump: Path) -> None:
-        assert 0 < dumpframes.precompress(dump, LEVEL, budget=pieces[0].length * 2) <= 2
-
-    capped, _ = _build(root, tmp_path / "capped", sql=sql, dumped=small_budget)
-    assert capped.read_bytes() == first.read_bytes()
-
-    dump = tmp_path / "database.sql"
-    dump.write_bytes(sql)
-    skip = {f.key for f in pieces[:-1]}
-    assert dumpframes.precompress(dump, LEVEL, skip) == 1  # only the piece last night lacks
-    assert list(dumpframes.take(dump)) == [pieces[-1].key]
-
-    def rewritten(dump: Path) -> None:  # the dump taken again after its frames were made
-        assert dumpframes.precompress(dump, LEVEL) > 0
-        dump.write_bytes(_sql(40_000, edited=3))
-        os.utime(dump, (1_700_000_100, 1_700_000_100))
-
-    again, _ = _build(root, tmp_path / "again", sql=sql, dumped=rewritten)
-    extracted = tmp_path / "x"
-    extracted.mkdir()
-    subprocess.run(["tar", "--zstd", "-xf", str(again), "-C", str(extracted), "database.sql"], check=True)
-    assert (extracted / "database.sql").read_bytes() == _sql(40_000, edited=3)

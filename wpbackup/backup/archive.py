@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wpbackup.atomic import write_atomic
-from wpbackup.backup.dumpframes import take as take_precompressed
 from wpbackup.backup.frames import (
     FileOrder,
     Frame,
@@ -374,10 +373,8 @@ def _append_rest(sink: HashingWriter, tar_written: int, dump: Path, manifest: di
         st = dump.stat()
         info_head = _dump_header(st)
         writer.single(lambda out: out.write(info_head))
-        ready = take_precompressed(dump)  # what the dump stage compressed already
         for piece in dump_pieces(dump):
-            key = dump_key(piece)
-            writer.chunk(piece, key, ready.get(key))
+            writer.chunk(piece, dump_key(piece))
             if progress:
                 progress(len(piece))
         written = len(info_head) + st.st_size + len(padding(st.st_size))

@@ -365,13 +365,6 @@ class Reuse:
     chunks: int = 0  # pieces of the dump copied
 
 
-def _done(data: bytes) -> Future:
-    """A frame whose bytes are at hand, queued in order with those still compressing."""
-    done: Future = Future()
-    done.set_result(data)
-    return done
-
-
 class FrameWriter:
     """Writes the walk's members to ``sink`` (which counts ``written``) as stable frames."""
 
@@ -411,18 +404,17 @@ class FrameWriter:
         write(buffer)
         self._put(self._compress(buffer.getvalue()), None, len(buffer.getvalue()))
 
-    def chunk(self, raw: bytes, key: str, compressed: bytes | None = None) -> None:
+    def chunk(self, raw: bytes, key: str) -> None:
         """A piece of a stream (the dump) whose identity is its content: last night's frame
-        of the same content is copied, anything else compressed (``compressed``: already,
-        by the dump stage, to the same bytes; see dumpframes.py)."""
+        of the same content is copied, anything else compressed."""
         self.end_run()
         old = self.previous.find(key) if self.previous else None
         data = self.previous.fetch(old) if old else None
         if old and data is not None:
             self.reuse.chunks += 1
-            self.pending.append((_done(data), key, old.raw, old))
-        elif compressed is not None:
-            self.pending.append((_done(compressed), key, len(raw), None))
+            done: Future = Future()
+            done.set_result(data)
+            self.pending.append((done, key, old.raw, old))
         else:
             self.pending.append((self.pool.submit(self._compress, raw), key, len(raw), None))
         self._drain(PENDING)
@@ -436,7 +428,9 @@ class FrameWriter:
         data = self.previous.fetch(old) if old else None
         if old and data is not None:
             self._count_reused(run, old)
-            self.pending.append((_done(data), key, old.raw, old))
+            done: Future = Future()
+            done.set_result(data)
+            self.pending.append((done, key, old.raw, old))
         else:
             raw, clean = self._read(run)
             self.pending.append((self.pool.submit(self._compress, raw), key if clean else None, len(raw), None))

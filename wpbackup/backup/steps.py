@@ -23,7 +23,7 @@ from pathlib import Path
 
 from wpbackup import __version__
 from wpbackup.atomic import write_atomic
-from wpbackup.backup import archive, dumpframes, frames, runs
+from wpbackup.backup import archive, frames, runs
 from wpbackup.backup.frames import INDEX_SUFFIX
 from wpbackup.backup.runs import STAGES, Run  # noqa: F401 (steps.STAGES)
 from wpbackup.config.settings import Settings
@@ -302,22 +302,8 @@ def dump_stage(settings: Settings, site: Site, run: Run) -> dict:
                                        f"dump: {summarize(held.objects_left_out)}")
         for note in held.notes:
             _info(settings, site, run, note)
-        compress_dump_early(settings, site, run, run.folder / "database.sql")
         return receipt
     return guarded("dump", settings, site, run, work)
-
-
-def compress_dump_early(settings: Settings, site: Site, run: Run, dump: Path) -> None:
-    """Compress the dump's pieces now, on the core the dump leaves while tar still runs, for
-    the compress stage to append (dumpframes.py); the pieces it will copy from the previous
-    archive are left out. Only a speed-up: whatever goes wrong leaves it to the compress stage."""
-    try:
-        previous = previous_archive(settings, site, run)
-        index = frames.load_index(frames.index_path(previous)) if previous else None
-        skip = {f.key for f in index.frames if f.key and f.key.startswith("d:")} if index else set()
-        dumpframes.precompress(dump, settings.zstd_level, skip)
-    except Exception as exc:  # noqa: BLE001 (nothing of the backup depends on it)
-        log.debug("%s: the dump is compressed by the compress stage instead (%s)", site.name, exc)
 
 
 def _skip_set(settings: Settings) -> set[tuple[int, int]]:
