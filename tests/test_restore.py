@@ -696,6 +696,31 @@ def test_a_bad_database_name_is_refused_before_anything(install, wordpress, mari
 
 
 
+
+def test_what_a_killed_restore_left_is_cleared_or_named_on_the_next_one(install, wordpress, tmp_path):
+    """After a restore killed outright, the next one removes its half-done extraction (it was
+    never the site) but keeps the tree it had moved aside (maybe the only copy of the site as it
+    was), saying where it is; what a restore still running uses is left alone."""
+    site = make_site(tmp_path, wordpress)
+    install.sites.append({"name": "blog", "path": str(site)})
+    assert install.doit("backup").returncode == 0
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    partial = site / f".wp-content.restore-{dead.pid}"
+    moved = site / f".wp-content.old-{dead.pid}"
+    running = site / f".wp-content.restore-{os.getpid()}"
+    config = site / f".wp-config.php.restore-{dead.pid}"
+    for folder in (partial, moved, running):
+        (folder / "uploads").mkdir(parents=True)
+        (folder / "uploads" / "a.jpg").write_bytes(b"x" * 1000)
+    config.write_text("<?php // half copied")
+    result = install.doit("restore", "--site", "blog", "--files-only", "--force")
+    out = _out(result)
+    assert result.returncode == 0, out
+    assert not partial.exists() and not config.exists()
+    assert (moved / "uploads" / "a.jpg").exists() and str(moved) in out and "it is kept" in out
+    assert (running / "uploads" / "a.jpg").exists()
+
 def test_an_option_given_an_empty_value_is_refused_not_taken_for_its_default(install, wordpress, mariadb, tmp_path):
     """`--database="$DB"` with DB unset must not restore over the site's own database, nor
     `--target=` over its own folder; run.sh refuses an empty argument doit would crash on."""

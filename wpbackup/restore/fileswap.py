@@ -6,7 +6,8 @@ live folder, each step undone when a later one fails.
                                      point cannot be renamed)
              otherwise            -> the folder itself is renamed, in its own directory
              refused: a mount point inside it, a place we may not write, immutable entries
-    extract  into .NAME.restore-PID beside the folder (inside it, for a mount point)
+    extract  into .NAME.restore-PID beside the folder (inside it, for a mount point); what a
+             killed restore left there first: its extraction removed, the old tree named
     swap     live -> .NAME.old-PID, restored -> live   (undo: the same renames, backwards)
     finish   the old tree removed;  discard: the temporary folder and what we created
 """
@@ -14,6 +15,7 @@ live folder, each step undone when a later one fails.
 from __future__ import annotations
 
 import fcntl
+import glob
 import os
 import shutil
 import stat
@@ -135,6 +137,39 @@ def _check_place(folder: Path, contents: bool, points: set[str]) -> None:
                        "clear it with chattr -i / chattr -a first")
 
 
+def _gone(pid: str) -> bool:
+    """No process of that PID runs: the restore that named a folder after it is over."""
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # another user's process: alive
+        return False
+    return False
+
+
+def clear_leftovers(place: Path, partial: str, moved: str | None) -> None:
+    """What a restore killed outright (SIGKILL, a crash, a reboot) left in ``place``: its
+    partial extraction ``PARTIAL-PID`` is removed, since it never was the live site; the live
+    files it had moved aside, ``MOVED-PID``, are kept and named, since they may be the only copy
+    of the site as it was before. Names of a restore still running are not touched."""
+    for path in sorted(place.glob(f"{glob.escape(partial)}-*")):
+        if _gone(path.name.rsplit("-", 1)[1]) and not path.is_symlink():
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            log.info("removed %s, left half-written by a restore that was killed", path)
+    if moved is None:
+        return
+    for path in sorted(place.glob(f"{glob.escape(moved)}-*")):
+        if _gone(path.name.rsplit("-", 1)[1]) and path.is_dir() and not path.is_symlink():
+            log.warning("%s holds the files a restore that was killed had moved out of the way (the site as it "
+                        "was before that restore); it is kept: remove it once you no longer need it", path)
+
+
 def plan_files(target: Path, mode: str) -> FilesPlan:
     """Decide where GNU tar extracts for the site's configured ``mode``, checking the swap
     can work there. Creates the folders the extraction needs (undone by discard())."""
@@ -150,6 +185,8 @@ def plan_files(target: Path, mode: str) -> FilesPlan:
         place.mkdir(parents=True)
         created = [p for p in reversed(missing) if p == root or root in p.parents]  # kept: parents of the root
     name = ".wpbackup-restore" if contents else f".{folder.name}.restore"
+    clear_leftovers(place, name, ".wpbackup-old" if contents else f".{folder.name}.old")
+    clear_leftovers(root, ".wp-config.php.restore", None)
     tmp = place / f"{name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(mode=0o700)
