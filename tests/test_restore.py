@@ -721,6 +721,21 @@ def test_what_a_killed_restore_left_is_cleared_or_named_on_the_next_one(install,
     assert (moved / "uploads" / "a.jpg").exists() and str(moved) in out and "it is kept" in out
     assert (running / "uploads" / "a.jpg").exists()
 
+
+def test_only_files_of_processes_that_are_gone_count_as_leftovers(tmp_path):
+    """A restore clears the credentials files and dumps killed restores left in the shared
+    work folder, never those of another restore still running (another site's)."""
+    from wpbackup.backup.children import left_by_the_dead
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    names = [f"client-{dead.pid}-k3j2.cnf", "client-x8f2ab1q.cnf", f"database-{dead.pid}.sql",  # gone
+             "client-1-a1b2.cnf", "database-1.sql", f"client-{os.getpid()}-zz.cnf"]  # running
+    for name in names:
+        (tmp_path / name).write_text("x")
+    found = {p.name for pattern in ("client-*.cnf", "database-*.sql") for p in left_by_the_dead(tmp_path, pattern)}
+    assert found == set(names[:3])
+
 def test_an_option_given_an_empty_value_is_refused_not_taken_for_its_default(install, wordpress, mariadb, tmp_path):
     """`--database="$DB"` with DB unset must not restore over the site's own database, nor
     `--target=` over its own folder; run.sh refuses an empty argument doit would crash on."""

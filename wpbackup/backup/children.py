@@ -13,6 +13,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 _lock = threading.Lock()
 _running: set[subprocess.Popen] = set()
@@ -57,3 +58,29 @@ def terminate_all() -> None:
 
 
 atexit.register(terminate_all)
+
+
+def pid_gone(pid: str) -> bool:
+    """No process of that PID runs (and it is not this one): what it named after itself in a
+    shared folder is a leftover. Another user's process counts as running."""
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def left_by_the_dead(folder: Path, pattern: str) -> list[Path]:
+    """Files in ``folder`` matching ``pattern`` (``PREFIX-*``, named PREFIX-PID-... or
+    PREFIX-PID.EXT) whose PID no longer runs, and those from before names carried a PID: what
+    killed processes left there."""
+    found = []
+    for path in folder.glob(pattern):
+        pid = path.name.split("-", 2)[1].split(".", 1)[0]
+        if not pid.isdigit() or pid_gone(pid):
+            found.append(path)
+    return found

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wpbackup.backup.children import spawn, tracked
+from wpbackup.backup.children import left_by_the_dead, spawn, tracked
 from wpbackup.backup.writeback import Pacer
 from wpbackup.config.sites import DbSettings
 from wpbackup.errors import BackupError, disk_error
@@ -69,7 +69,7 @@ def option_file(db: DbSettings, directory: Path | None = None) -> Iterator[str]:
         if db.host.port:
             lines += [f"port={db.host.port}", "protocol=tcp"]
     lines.append("default-character-set=utf8mb4")
-    fd, path = tempfile.mkstemp(prefix="client-", suffix=".cnf", dir=directory)
+    fd, path = tempfile.mkstemp(prefix=f"client-{os.getpid()}-", suffix=".cnf", dir=directory)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write("\n".join(lines) + "\n")
@@ -442,8 +442,8 @@ def dump_database(db: DbSettings, target: Path, progress: Callable[[int], None] 
     """
     binary = dump_binary()
     partial = target.with_name(target.name + ".part")
-    for stale in target.parent.glob("client-*.cnf"):  # left by a killed run
-        stale.unlink()
+    for stale in left_by_the_dead(target.parent, "client-*.cnf"):  # left by a killed run
+        stale.unlink(missing_ok=True)
     with option_file(db, target.parent) as options:
         info = inspect_tables(db, options)
         argv = dump_arguments(binary, options, db, list(info.tables), info.routines, info.events)

@@ -23,6 +23,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from wpbackup.backup.children import pid_gone
 from wpbackup.config.wpconfig import find_wp_config
 from wpbackup.console import log
 from wpbackup.errors import BackupError
@@ -137,26 +138,13 @@ def _check_place(folder: Path, contents: bool, points: set[str]) -> None:
                        "clear it with chattr -i / chattr -a first")
 
 
-def _gone(pid: str) -> bool:
-    """No process of that PID runs: the restore that named a folder after it is over."""
-    if not pid.isdigit() or int(pid) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # another user's process: alive
-        return False
-    return False
-
-
 def clear_leftovers(place: Path, partial: str, moved: str | None) -> None:
     """What a restore killed outright (SIGKILL, a crash, a reboot) left in ``place``: its
     partial extraction ``PARTIAL-PID`` is removed, since it never was the live site; the live
     files it had moved aside, ``MOVED-PID``, are kept and named, since they may be the only copy
     of the site as it was before. Names of a restore still running are not touched."""
     for path in sorted(place.glob(f"{glob.escape(partial)}-*")):
-        if _gone(path.name.rsplit("-", 1)[1]) and not path.is_symlink():
+        if pid_gone(path.name.rsplit("-", 1)[1]) and not path.is_symlink():
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
             else:
@@ -165,7 +153,7 @@ def clear_leftovers(place: Path, partial: str, moved: str | None) -> None:
     if moved is None:
         return
     for path in sorted(place.glob(f"{glob.escape(moved)}-*")):
-        if _gone(path.name.rsplit("-", 1)[1]) and path.is_dir() and not path.is_symlink():
+        if pid_gone(path.name.rsplit("-", 1)[1]) and path.is_dir() and not path.is_symlink():
             log.warning("%s holds the files a restore that was killed had moved out of the way (the site as it "
                         "was before that restore); it is kept: remove it once you no longer need it", path)
 

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import zstandard
 
-from wpbackup.backup.children import spawn, stopping, tracked
+from wpbackup.backup.children import left_by_the_dead, spawn, stopping, tracked
 from wpbackup.config.settings import Settings
 from wpbackup.config.sites import DbSettings, Site
 from wpbackup.console import Progress, human_bytes, log
@@ -387,7 +387,8 @@ def plan_restore(settings: Settings, request: Request) -> Plan:
             port = (db.host.port or 3306) if by_tcp else None
     work = settings.backup_dir / ".restore"
     work.mkdir(parents=True, exist_ok=True, mode=0o700)
-    for stale in [*work.glob("client-*.cnf"), *work.glob("database-*.sql")]:  # left by a killed restore
+    # left by a killed restore; those of a restore still running (another site's) stay
+    for stale in [*left_by_the_dead(work, "client-*.cnf"), *left_by_the_dead(work, "database-*.sql")]:
         stale.unlink(missing_ok=True)
     return Plan(request, source, target, login, port, work)
 
