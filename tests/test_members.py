@@ -79,3 +79,20 @@ def test_nothing_may_go_through_a_link_of_the_archive():
     through.check(_member("wp-content/link/evil.php", tarfile.REGTYPE, ""))
     with pytest.raises(BackupError, match="goes through a symbolic link"):
         through.finish()
+
+
+@pytest.mark.parametrize("members, why", [
+    ([("wp-content", tarfile.SYMTYPE, "x"), ("./wp-content/evil.php", tarfile.REGTYPE, "")],
+     "goes through a symbolic link"),
+    ([("./wp-content/", tarfile.SYMTYPE, "x"), ("wp-content/evil.php", tarfile.REGTYPE, "")],
+     "goes through a symbolic link"),
+    ([("./a", tarfile.SYMTYPE, "wp-content/.."), ("b", tarfile.SYMTYPE, "a/..")], "leaves the restored tree"),
+])
+def test_a_leading_dot_slash_names_the_same_path_to_the_link_checks(members, why):
+    """Names written ./NAME (a files: all root's own database.sql) are the path NAME: the
+    checks across members see through the spelling."""
+    check = MemberCheck()
+    for name, kind, linkname in members:
+        check.check(_member(name, kind, linkname))
+    with pytest.raises(BackupError, match=why):
+        check.finish()

@@ -512,10 +512,17 @@ def test_a_mount_point_gets_its_contents_replaced(install, wordpress, tmp_path, 
     try:
         (folder / "wp-content" if mode == "all" else folder).joinpath("stray.txt").write_text("after the backup")
         shutil.rmtree(folder / ("wp-content/uploads" if mode == "all" else "uploads") / "2026")
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        moved = folder / f".wpbackup-old-{dead.pid}"  # what a restore killed mid-swap moved aside
+        (moved / "uploads").mkdir(parents=True)
+        (moved / "uploads" / "only-copy.jpg").write_text("the site before that restore")
         result = install.doit("restore", "--site", "blog", "--files-only", "--force")
         assert result.returncode == 0, _out(result)
         assert "a mount point: its contents replaced" in _out(result)
         assert str(folder) in open("/proc/self/mountinfo").read()  # still mounted
+        assert (moved / "uploads" / "only-copy.jpg").exists() and f"{moved} holds the files" in _out(result)
+        shutil.rmtree(moved)
         assert _tree(folder) == archived
         assert _tree(backing) == archived  # the mounted filesystem holds the restored files
     finally:
@@ -721,6 +728,24 @@ def test_what_a_killed_restore_left_is_cleared_or_named_on_the_next_one(install,
     assert (moved / "uploads" / "a.jpg").exists() and str(moved) in out and "it is kept" in out
     assert (running / "uploads" / "a.jpg").exists()
 
+
+
+def test_a_whole_root_restore_refuses_to_remove_what_a_killed_restore_moved_aside_in_it(install, wordpress,
+                                                                                      tmp_path):
+    root = make_site(tmp_path, wordpress)
+    install.sites.append({"name": "blog", "path": str(root), "files": "all"})
+    assert install.doit("backup").returncode == 0
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    moved = root / f".wp-content.old-{dead.pid}"
+    (moved / "uploads").mkdir(parents=True)
+    (moved / "uploads" / "only-copy.jpg").write_text("the site before that restore")
+    (root / "index.php").write_text("<?php // live")
+    result = install.doit("restore", "--site", "blog", "--files-only", "--force")
+    out = _out(result)
+    assert result.returncode != 0 and f"move it out of {root}" in out, out
+    assert (moved / "uploads" / "only-copy.jpg").exists() and (root / "index.php").read_text() == "<?php // live"
+    assert not list(tmp_path.glob(".site.restore-*"))
 
 def test_only_files_of_processes_that_are_gone_count_as_leftovers(tmp_path):
     """A restore clears the credentials files and dumps killed restores left in the shared

@@ -63,13 +63,13 @@ atexit.register(terminate_all)
 def pid_gone(pid: str) -> bool:
     """No process of that PID runs (and it is not this one): what it named after itself in a
     shared folder is a leftover. Another user's process counts as running."""
-    if not pid.isdigit() or int(pid) == os.getpid():
+    if not (pid.isascii() and pid.isdigit()) or int(pid) == os.getpid():
         return False
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
         return True
-    except OSError:
+    except (OSError, OverflowError):  # another user's, or no PID at all
         return False
     return False
 
@@ -81,6 +81,6 @@ def left_by_the_dead(folder: Path, pattern: str) -> list[Path]:
     found = []
     for path in folder.glob(pattern):
         pid = path.name.split("-", 2)[1].split(".", 1)[0]
-        if not pid.isdigit() or pid_gone(pid):
+        if not (pid.isascii() and pid.isdigit()) or pid_gone(pid):
             found.append(path)
     return found

@@ -158,6 +158,32 @@ def clear_leftovers(place: Path, partial: str, moved: str | None) -> None:
                         "was before that restore); it is kept: remove it once you no longer need it", path)
 
 
+#: names a restore gives what it moves aside or extracts inside a folder (a mount point, or a
+#: root holding wp-content): a later restore leaves them where they are
+_LEFT_INSIDE = (".wpbackup-old-", ".wpbackup-restore-", ".wp-content.old-", ".wp-content.restore-")
+
+
+def moved_aside_inside(folder: Path) -> list[Path]:
+    """Trees a killed restore moved out of the way that lie inside ``folder``."""
+    if not folder.is_dir():
+        return []
+    return sorted(path for prefix in (".wpbackup-old-", ".wp-content.old-") for path in folder.glob(f"{prefix}*")
+                  if path.is_dir() and not path.is_symlink() and pid_gone(path.name.rsplit("-", 1)[1]))
+
+
+def _keep_moved_aside(folder: Path, contents: bool) -> None:
+    """A tree a killed restore moved aside inside the folder this one replaces: left in place
+    (and named) when only the folder's contents are swapped, else the restore is refused,
+    since the folder goes with everything in it."""
+    for tree in moved_aside_inside(folder):
+        if not contents:
+            raise _refused(f"{tree} holds the files a restore that was killed had moved out of the way (maybe the "
+                           f"only copy of the site as it was before it), and this restore replaces {folder} with "
+                           f"everything in it: move it out of {folder}, or remove it, then restore again")
+        log.warning("%s holds the files a restore that was killed had moved out of the way (the site as it was "
+                    "before that restore); it is kept: remove it once you no longer need it", tree)
+
+
 def plan_files(target: Path, mode: str) -> FilesPlan:
     """Decide where GNU tar extracts for the site's configured ``mode``, checking the swap
     can work there. Creates the folders the extraction needs (undone by discard())."""
@@ -166,6 +192,7 @@ def plan_files(target: Path, mode: str) -> FilesPlan:
     points = mount_points()
     contents = folder.is_dir() and is_mount(folder, points)
     _check_place(folder, contents, points)
+    _keep_moved_aside(folder, contents)
     place = folder if contents else folder.parent
     created: list[Path] = []
     if not place.exists():
@@ -173,7 +200,7 @@ def plan_files(target: Path, mode: str) -> FilesPlan:
         place.mkdir(parents=True)
         created = [p for p in reversed(missing) if p == root or root in p.parents]  # kept: parents of the root
     name = ".wpbackup-restore" if contents else f".{folder.name}.restore"
-    clear_leftovers(place, name, ".wpbackup-old" if contents else f".{folder.name}.old")
+    clear_leftovers(place, name, None if contents else f".{folder.name}.old")
     clear_leftovers(root, ".wp-config.php.restore", None)
     tmp = place / f"{name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -235,7 +262,7 @@ class FilesSwap:
         self.old = self.folder / f".wpbackup-old-{os.getpid()}"
         self.old.mkdir(mode=0o700)
         for name in sorted(os.listdir(self.folder)):
-            if name not in (self.plan.tmp.name, self.old.name):
+            if name not in (self.plan.tmp.name, self.old.name) and not name.startswith(_LEFT_INSIDE):
                 self._rename(self.folder / name, self.old / name)
         for name in sorted(os.listdir(self.source)):
             self._rename(self.source / name, self.folder / name)

@@ -52,7 +52,7 @@ def _walk_target(base: str, target: str, symlinks: set[str]) -> bool:
     tree, or goes on through a component that is itself a symbolic link."""
     if target.startswith("/"):
         return False
-    stack = [p for p in base.split("/") if p]
+    stack = [p for p in base.split("/") if p not in ("", ".")]
     parts = [p for p in target.split("/") if p not in ("", ".")]
     for index, part in enumerate(parts):
         if part == "..":
@@ -75,7 +75,7 @@ class MemberCheck:
 
     def check(self, member: tarfile.TarInfo) -> None:
         check_member(member)
-        name = member.name.rstrip("/")
+        name = posixpath.normpath(member.name)  # ./a/ and a are one path (tar writes ./NAME too)
         self.names.append(name)
         if member.issym() or member.islnk():
             self.links[name] = (member.issym(), member.linkname)
