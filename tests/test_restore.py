@@ -630,6 +630,43 @@ def test_the_sites_own_user_without_create_database_restores_through_tables_kept
     assert _leftovers(mariadb, site.path, site.path.parent, site.path / "wp-content") == []
 
 
+
+@pytest.mark.parametrize("path", ["scratch", "aside"])
+def test_what_a_killed_restore_left_in_the_database_is_dropped_or_named(install, own_wordpress, mariadb, path):
+    """A loaded copy a killed restore left is dropped (it never was live); tables it had set
+    aside are kept and named (maybe the only copy of them as they were); a running restore's
+    are left alone."""
+    site = own_wordpress
+    if path == "scratch":
+        _allow_scratch(mariadb, site)
+    _backup(install, site)
+    archived = _snapshot(mariadb, site)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    token, running = f"{dead.pid}x0abc", f"{os.getpid()}x0def"
+    if path == "scratch":
+        made = [f"{site.db_name}_wpb_{kind}_{tok}" for kind, tok in (("new", token), ("old", token), ("new", running))]
+        for name in made:
+            mariadb.sql(f"CREATE DATABASE `{name}`; CREATE TABLE `{name}`.wp_posts (ID INT)")
+        expected = [f"{site.db_name}_wpb_old_{token}", f"{site.db_name}_wpb_new_{running}"]
+        named = f"database {site.db_name}_wpb_old_{token} holds the 1 table a restore that was killed"
+    else:
+        for table in (f"wpb_old_{token}_wp_posts", f"wpb_old_{token}_wp_options"):
+            mariadb.sql(f"CREATE TABLE `{table}` (ID INT)", database=site.db_name)
+        expected = [f"{site.db_name}.wpb_old_{token}_wp_options", f"{site.db_name}.wpb_old_{token}_wp_posts"]
+        named = f"2 tables wpb_old_{token}_* in database {site.db_name}: set aside by a restore that was killed"
+    result = install.doit("restore", "--site", "blog", "--db-only", "--force")
+    out = _out(result)
+    assert result.returncode == 0 and PATHS[path] in out, out
+    assert named in out and "kept" in out, out
+    assert sorted(_leftovers(mariadb)) == sorted(expected)
+    for name in expected:
+        if path == "scratch":
+            mariadb.sql(f"DROP DATABASE `{name}`")
+        else:
+            mariadb.sql(f"DROP TABLE `{name.split('.', 1)[1]}`", database=site.db_name)
+    assert _snapshot(mariadb, site) == archived
+
 @pytest.mark.parametrize("exists", [True, False])
 def test_a_database_the_user_may_not_use_gets_a_message_saying_so_and_what_to_run(install, own_wordpress,
                                                                                  mariadb, exists):

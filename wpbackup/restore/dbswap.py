@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -34,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from wpbackup.backup.children import spawn, stopping, tracked
+from wpbackup.backup.children import pid_gone, spawn, stopping, tracked
 from wpbackup.config.sites import DbSettings
 from wpbackup.console import log
 from wpbackup.database.dblogin import DatabaseState, Grants, grant_pattern, survey, what_to_run
@@ -200,6 +201,15 @@ class DumpFile:
         check_stop()
 
 
+def new_token() -> str:
+    """What names this restore's scratch databases and set-aside tables: the PID first, so a
+    later restore tells what a killed one left from what a running one uses."""
+    return f"{os.getpid()}x{secrets.token_hex(2)}"
+
+
+_KILLED_TOKEN = r"(?P<token>(?P<pid>\d+)x[0-9a-f]{4})"
+
+
 def aside_name(name: str, token: str) -> str:
     """The name a replaced table waits under in its own database (64 characters at most)."""
     full = f"wpb_old_{token}_{name}"
@@ -352,9 +362,10 @@ class ScratchSwap(DatabaseSide):
 
     def __init__(self, login: DbSettings, options: str, grants: Grants, state: DatabaseState):
         super().__init__(login, options, grants)
-        token = secrets.token_hex(3)
+        token = new_token()
         base = self.live[:64 - len("_wpb_new_") - len(token)]
         self.scratch, self.aside = f"{base}_wpb_new_{token}", f"{base}_wpb_old_{token}"
+        self._clear_killed()
         self.charset = f"CHARACTER SET {literal(state.charset)} COLLATE {literal(state.collation)}"
         self.created: list[str] = []
         for name in (self.scratch, self.aside):
@@ -369,6 +380,34 @@ class ScratchSwap(DatabaseSide):
         self.views = ViewDefiners()
         self.sink = StreamLoad(replace(login, name=self.scratch), options, self.views)
         self.plan: _Plan | None = None
+
+    def _clear_killed(self) -> None:
+        """What restores of this database killed outright (SIGKILL, a crash) left: a loaded
+        copy (``_wpb_new_``, never live) is dropped; the tables one had set aside
+        (``_wpb_old_``, maybe the only copy of the database as it was) are kept and named. Those
+        of a restore still running are left alone. Best effort: the restore goes on regardless."""
+        try:
+            names = [row[0] for row in self.run("SHOW DATABASES", database="information_schema")]
+        except BackupError:
+            return
+        for name in names:
+            found = re.fullmatch(rf"(?P<base>.+)_wpb_(?P<kind>new|old)_{_KILLED_TOKEN}", name)
+            if not found or not pid_gone(found["pid"]) or (
+                    found["base"] != self.live[:64 - len("_wpb_new_") - len(found["token"])]):
+                continue
+            try:
+                tables = self.run("SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = "
+                                  + literal(name), database="information_schema")[0][0]
+                if found["kind"] == "old" and tables != "0":
+                    log.warning("database %s holds the %s a restore that was killed had set aside (the "
+                                "database as it was before that restore); it is kept: drop it once you no longer "
+                                "need it", name, "1 table" if tables == "1" else f"{tables} tables")
+                    continue
+                self.run("SET SESSION foreign_key_checks = 0", f"DROP DATABASE IF EXISTS {q(name)}",
+                         database="information_schema")
+                log.info("dropped database %s, left by a restore that was killed", name)
+            except BackupError as exc:
+                log.warning("could not look at database %s, left by a restore that was killed: %s", name, exc)
 
     def reset(self) -> None:
         self.run(f"DROP DATABASE IF EXISTS {q(self.scratch)}", f"CREATE DATABASE {q(self.scratch)} {self.charset}",
@@ -472,7 +511,8 @@ class AsideSwap(DatabaseSide):
 
     def __init__(self, login: DbSettings, options: str, grants: Grants, dump: Path):
         super().__init__(login, options, grants)
-        self.token = secrets.token_hex(3)
+        self.token = new_token()
+        self._name_killed()
         self.sink = DumpFile(dump)
         self.dump = dump
         self.found = DumpObjects()
@@ -480,6 +520,23 @@ class AsideSwap(DatabaseSide):
         self.old_triggers: list[Definition] = []
         self.old_objects: list[Definition] = []
         self.set_aside: dict[str, str] = {}
+
+    def _name_killed(self) -> None:
+        """Tables a restore killed outright had set aside in this database (wpb_old_TOKEN_*):
+        kept, since they may be the only copy of those tables as they were, and named."""
+        try:
+            tables = [row[0] for row in self.run("SHOW TABLES LIKE 'wpb\\_old\\_%'")]
+        except BackupError:
+            return
+        killed: dict[str, int] = {}
+        for table in tables:
+            found = re.match(rf"wpb_old_{_KILLED_TOKEN}_", table)
+            if found and pid_gone(found["pid"]):
+                killed[found["token"]] = killed.get(found["token"], 0) + 1
+        for token, count in sorted(killed.items()):
+            log.warning("%s wpb_old_%s_* in database %s: set aside by a restore that was killed (as they were "
+                        "before that restore); kept: drop them once you no longer need them",
+                        "1 table" if count == 1 else f"{count} tables", token, self.live)
 
     def verify(self, manifest: dict) -> None:
         self.sink.raise_error()
