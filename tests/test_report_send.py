@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sqlite3
 import subprocess
+from datetime import datetime, timedelta
 from html.parser import HTMLParser
 
 import pytest
@@ -23,6 +24,22 @@ def _out(result: subprocess.CompletedProcess) -> str:
 
 def _mailing(install: Install, server, **extra) -> Install:
     install.env.update(server.env(), REPORT_TO=RECIPIENTS, REPORT_FROM="backups@example.test", **extra)
+    return install
+
+
+def _aged(install: Install, hours: int = 2) -> Install:
+    """Every catalog row moved ``hours`` into the past, so BACKUP_MAX_AGE_HOURS=1 makes the
+    backups stale whatever the speed of the machine (or a step of its clock)."""
+    conn = sqlite3.connect(install.db_path)
+    with conn:
+        rows = conn.execute("SELECT id, timestamp, run_stamp FROM backup_log").fetchall()
+        for row_id, timestamp, stamp in rows:
+            moved = [datetime.strptime(value, form) - timedelta(hours=hours) if value else None
+                     for value, form in ((timestamp, "%Y-%m-%d %H:%M:%S"), (stamp, "%Y%m%d-%H%M%S"))]
+            conn.execute("UPDATE backup_log SET timestamp = ?, run_stamp = ? WHERE id = ?",
+                         (moved[0].strftime("%Y-%m-%d %H:%M:%S") if moved[0] else None,
+                          moved[1].strftime("%Y%m%d-%H%M%S") if moved[1] else None, row_id))
+    conn.close()
     return install
 
 
@@ -174,7 +191,7 @@ def test_the_report_sends_the_stale_alerts_once(backed_up, smtp):
 
     hooks = Hooks()
     try:
-        _mailing(backed_up, smtp.plain, NOTIFY_URLS=hooks.url(), BACKUP_MAX_AGE_HOURS="0.0001")
+        _mailing(_aged(backed_up), smtp.plain, NOTIFY_URLS=hooks.url(), BACKUP_MAX_AGE_HOURS="1")
         result = backed_up.doit("report")
         assert result.returncode == 0, _out(result)
         assert smtp.plain.messages[0].parsed()["Subject"].startswith("[STALE] 2 of 2 sites: blog, shop")
@@ -192,7 +209,7 @@ def test_stale_alerts_go_out_even_when_the_mail_server_is_down_but_not_for_a_pas
 
     hooks = Hooks()
     try:
-        _mailing(backed_up, smtp.plain, NOTIFY_URLS=hooks.url(), BACKUP_MAX_AGE_HOURS="0.0001")
+        _mailing(_aged(backed_up), smtp.plain, NOTIFY_URLS=hooks.url(), BACKUP_MAX_AGE_HOURS="1")
         yesterday = backed_up.doit("report", "--date", "2020-01-01")
         assert yesterday.returncode == 0, _out(yesterday)
         assert hooks.titles() == []  # a past day's report says nothing about now
