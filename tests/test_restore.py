@@ -634,8 +634,10 @@ def test_the_sites_own_user_without_create_database_restores_through_tables_kept
 @pytest.mark.parametrize("path", ["scratch", "aside"])
 def test_what_a_killed_restore_left_in_the_database_is_dropped_or_named(install, own_wordpress, mariadb, path):
     """A loaded copy a killed restore left is dropped (it never was live); tables it had set
-    aside are kept and named (maybe the only copy of them as they were); a running restore's
-    are left alone."""
+    aside are kept and named (maybe the only copy of them as they were); a running restore's,
+    and another database's, are left alone."""
+    from wpbackup.restore.dbswap import _base36
+
     site = own_wordpress
     if path == "scratch":
         _allow_scratch(mariadb, site)
@@ -643,29 +645,54 @@ def test_what_a_killed_restore_left_in_the_database_is_dropped_or_named(install,
     archived = _snapshot(mariadb, site)
     dead = subprocess.Popen(["true"])
     dead.wait()
-    token, running = f"{dead.pid}x0abc", f"{os.getpid()}x0def"
+    token, running = f"{_base36(dead.pid)}x0a", f"{_base36(os.getpid())}x0d"
+    db = site.db_name
     if path == "scratch":
-        made = [f"{site.db_name}_wpb_{kind}_{tok}" for kind, tok in (("new", token), ("old", token), ("new", running))]
-        for name in made:
-            mariadb.sql(f"CREATE DATABASE `{name}`; CREATE TABLE `{name}`.wp_posts (ID INT)")
-        expected = [f"{site.db_name}_wpb_old_{token}", f"{site.db_name}_wpb_new_{running}"]
-        named = f"database {site.db_name}_wpb_old_{token} holds the 1 table a restore that was killed"
+        made = {f"{db}_wpb_new_{token}": True, f"{db}_wpb_old_{token}": True, f"{db}_wpb_old_{running}": True,
+                f"{db}_wpb_new_{running}": True, f"{db}x_wpb_new_{token}": True,  # a running one's; another db's
+                f"{db}_wpb_old_{token[:-1]}b": False}  # an empty one: nothing set aside yet
+        for name, with_table in made.items():
+            table = f"; CREATE TABLE `{name}`.wp_posts (ID INT)" if with_table else ""
+            mariadb.sql(f"CREATE DATABASE `{name}`{table}")
+        kept = [f"{db}_wpb_old_{token}", f"{db}_wpb_old_{running}", f"{db}_wpb_new_{running}", f"{db}x_wpb_new_{token}"]
+        named = f"database {db}_wpb_old_{token} holds the 1 table a restore that was killed had set aside"
+        others = [f"{db}_wpb_old_{running}", f"{db}x_wpb_new_{token}"]
     else:
-        for table in (f"wpb_old_{token}_wp_posts", f"wpb_old_{token}_wp_options"):
-            mariadb.sql(f"CREATE TABLE `{table}` (ID INT)", database=site.db_name)
-        expected = [f"{site.db_name}.wpb_old_{token}_wp_options", f"{site.db_name}.wpb_old_{token}_wp_posts"]
-        named = f"2 tables wpb_old_{token}_* in database {site.db_name}: set aside by a restore that was killed"
-    result = install.doit("restore", "--site", "blog", "--db-only", "--force")
-    out = _out(result)
-    assert result.returncode == 0 and PATHS[path] in out, out
-    assert named in out and "kept" in out, out
-    assert sorted(_leftovers(mariadb)) == sorted(expected)
-    for name in expected:
-        if path == "scratch":
-            mariadb.sql(f"DROP DATABASE `{name}`")
-        else:
-            mariadb.sql(f"DROP TABLE `{name.split('.', 1)[1]}`", database=site.db_name)
+        for table in (f"wpb_old_{token}_wp_posts", f"wpb_old_{token}_wp_options", f"wpb_old_{running}_wp_posts"):
+            mariadb.sql(f"CREATE TABLE `{table}` (ID INT)", database=db)
+        kept = [f"{db}.wpb_old_{token}_wp_options", f"{db}.wpb_old_{token}_wp_posts",
+                f"{db}.wpb_old_{running}_wp_posts"]
+        named = f"2 tables wpb_old_{token}_* in database {db}: set aside by a restore that was killed"
+        others = [f"wpb_old_{running}"]
+    try:
+        result = install.doit("restore", "--site", "blog", "--db-only", "--force")
+        out = _out(result)
+        assert result.returncode == 0 and PATHS[path] in out, out
+        assert named in out and "kept: drop" in out, out
+        warnings = [line for line in out.splitlines() if "killed" in line]
+        assert len(warnings) == len(set(warnings)) and not any(o in w for o in others for w in warnings), out
+        assert sorted(_leftovers(mariadb)) == sorted(kept)
+    finally:
+        for name in kept:
+            if path == "scratch":
+                mariadb.sql(f"DROP DATABASE IF EXISTS `{name}`")
+            else:
+                mariadb.sql(f"DROP TABLE IF EXISTS `{name.split('.', 1)[1]}`", database=db)
     assert _snapshot(mariadb, site) == archived
+
+
+def test_scratch_names_fit_in_64_characters_and_are_cut_alike_whatever_the_pid(monkeypatch):
+    from wpbackup.restore import dbswap
+
+    for pid in (1, 99_999, 4_194_304):
+        monkeypatch.setattr(dbswap.os, "getpid", lambda pid=pid: pid)
+        token = dbswap.new_token()
+        assert len(token) <= dbswap.TOKEN_WIDTH and int(token.split("x")[0], 36) == pid
+        for live in ("wp", "w" * 47, "w" * 64):
+            name = f"{dbswap.scratch_base(live)}_wpb_old_{token}"
+            assert len(name) <= 64 and name.startswith(live[:47])
+            assert len(dbswap.aside_name("t" * 64, token)) <= 64
+    assert dbswap.scratch_base("w" * 64) == "w" * 47
 
 @pytest.mark.parametrize("exists", [True, False])
 def test_a_database_the_user_may_not_use_gets_a_message_saying_so_and_what_to_run(install, own_wordpress,

@@ -201,13 +201,39 @@ class DumpFile:
         check_stop()
 
 
+def _base36(number: int) -> str:
+    digits = ""
+    while True:
+        number, digit = divmod(number, 36)
+        digits = "0123456789abcdefghijklmnopqrstuvwxyz"[digit] + digits
+        if not number:
+            return digits
+
+
 def new_token() -> str:
-    """What names this restore's scratch databases and set-aside tables: the PID first, so a
-    later restore tells what a killed one left from what a running one uses."""
-    return f"{os.getpid()}x{secrets.token_hex(2)}"
+    """What names this restore's scratch databases and set-aside tables: its PID (base 36, at
+    most 5 characters) first, so a later restore tells what a killed one left from what a
+    running one uses, then a random byte (a PID used again after a reboot names new ones)."""
+    return f"{_base36(os.getpid())}x{secrets.token_hex(1)}"
 
 
-_KILLED_TOKEN = r"(?P<token>(?P<pid>\d+)x[0-9a-f]{4})"
+TOKEN_WIDTH = 8  # the longest token: names are cut to leave room for it, the same cut for every PID
+_KILLED_TOKEN = r"(?P<token>(?P<pid>[0-9a-z]{1,5})x[0-9a-f]{2})"
+
+
+def scratch_base(live: str) -> str:
+    """The start of the scratch databases' names: the live name, cut so any token fits in 64."""
+    return live[:64 - len("_wpb_new_") - TOKEN_WIDTH]
+
+
+def _server_is_here(login: DbSettings) -> bool:
+    """Whether the PID in a leftover's name tells anything: only on a server of this machine
+    (its socket or loopback) are all the restores using it this machine's processes."""
+    return bool(login.host.socket) or login.host.host in ("localhost", "127.0.0.1", "::1")
+
+
+def _pid_gone(pid36: str) -> bool:
+    return pid_gone(str(int(pid36, 36)))
 
 
 def aside_name(name: str, token: str) -> str:
@@ -247,6 +273,24 @@ class DatabaseSide:
         self.undo_failed = False
         self.kept: list[str] = []
         self.sink: StreamLoad | DumpFile
+
+    def name_killed_tables(self) -> None:
+        """Tables a restore killed outright had set aside in this database (wpb_old_TOKEN_*):
+        kept, since they may be the only copy of those tables as they were, and named."""
+        try:
+            tables = [row[0] for row in self.run("SHOW TABLES LIKE 'wpb_old_%'")]  # the regex below is exact
+        except BackupError:
+            return
+        killed: dict[str, int] = {}
+        for table in tables:
+            found = re.match(rf"wpb_old_{_KILLED_TOKEN}_", table)
+            if found and (not _server_is_here(self.login) or _pid_gone(found["pid"])):
+                killed[found["token"]] = killed.get(found["token"], 0) + 1
+        for token, count in sorted(killed.items()):
+            log.warning("%s wpb_old_%s_* in database %s: set aside by a restore that was killed (as they were "
+                        "before that restore), or by one running on another machine; kept: drop them once you no "
+                        "longer need them",
+                        "1 table" if count == 1 else f"{count} tables", token, self.live)
 
     def session(self, action: str = "replace the tables") -> Session:
         return Session(self.login, self.options, action)
@@ -363,7 +407,7 @@ class ScratchSwap(DatabaseSide):
     def __init__(self, login: DbSettings, options: str, grants: Grants, state: DatabaseState):
         super().__init__(login, options, grants)
         token = new_token()
-        base = self.live[:64 - len("_wpb_new_") - len(token)]
+        base = scratch_base(self.live)
         self.scratch, self.aside = f"{base}_wpb_new_{token}", f"{base}_wpb_old_{token}"
         self._clear_killed()
         self.charset = f"CHARACTER SET {literal(state.charset)} COLLATE {literal(state.collation)}"
@@ -377,37 +421,50 @@ class ScratchSwap(DatabaseSide):
                     raise NoScratch() from None
                 raise
             self.created.append(name)
+        self.name_killed_tables()  # here, once the scratch path is sure (else AsideSwap says it)
         self.views = ViewDefiners()
         self.sink = StreamLoad(replace(login, name=self.scratch), options, self.views)
         self.plan: _Plan | None = None
 
     def _clear_killed(self) -> None:
-        """What restores of this database killed outright (SIGKILL, a crash) left: a loaded
-        copy (``_wpb_new_``, never live) is dropped; the tables one had set aside
-        (``_wpb_old_``, maybe the only copy of the database as it was) are kept and named. Those
-        of a restore still running are left alone. Best effort: the restore goes on regardless."""
+        """Scratch databases of this database that restores killed outright (SIGKILL, a crash)
+        left. On a server of this machine, where their PID tells, a loaded copy (``_wpb_new_``,
+        never live) and an empty ``_wpb_old_`` are dropped, and a ``_wpb_old_`` holding tables
+        (maybe the only copy of the database as it was) is kept and named; those of a restore
+        still running are left alone. On another server (a restore on another machine may be
+        using them) they are only named. Best effort: the restore goes on regardless."""
         try:
             names = [row[0] for row in self.run("SHOW DATABASES", database="information_schema")]
         except BackupError:
             return
+        here = _server_is_here(self.login)
+        base = scratch_base(self.live)
         for name in names:
-            found = re.fullmatch(rf"(?P<base>.+)_wpb_(?P<kind>new|old)_{_KILLED_TOKEN}", name)
-            if not found or not pid_gone(found["pid"]) or (
-                    found["base"] != self.live[:64 - len("_wpb_new_") - len(found["token"])]):
+            found = re.fullmatch(rf"{re.escape(base)}_wpb_(?P<kind>new|old)_{_KILLED_TOKEN}", name)
+            if not found or (here and not _pid_gone(found["pid"])):
+                continue
+            if not here:
+                log.warning("database %s was left by a restore that did not finish, or belongs to one running on "
+                            "another machine: drop it once no restore of %s is running", name, self.live)
                 continue
             try:
                 tables = self.run("SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = "
                                   + literal(name), database="information_schema")[0][0]
-                if found["kind"] == "old" and tables != "0":
-                    log.warning("database %s holds the %s a restore that was killed had set aside (the "
-                                "database as it was before that restore); it is kept: drop it once you no longer "
-                                "need it", name, "1 table" if tables == "1" else f"{tables} tables")
-                    continue
+            except BackupError as exc:
+                log.warning("database %s was left by a restore that was killed (its tables could not be counted: "
+                            "%s)", name, exc)
+                continue
+            if found["kind"] == "old" and tables != "0":
+                log.warning("database %s holds the %s a restore that was killed had set aside (the database as it "
+                            "was before that restore); it is kept: drop it once you no longer need it",
+                            name, "1 table" if tables == "1" else f"{tables} tables")
+                continue
+            try:
                 self.run("SET SESSION foreign_key_checks = 0", f"DROP DATABASE IF EXISTS {q(name)}",
                          database="information_schema")
                 log.info("dropped database %s, left by a restore that was killed", name)
             except BackupError as exc:
-                log.warning("could not look at database %s, left by a restore that was killed: %s", name, exc)
+                log.warning("database %s, left by a restore that was killed, could not be dropped: %s", name, exc)
 
     def reset(self) -> None:
         self.run(f"DROP DATABASE IF EXISTS {q(self.scratch)}", f"CREATE DATABASE {q(self.scratch)} {self.charset}",
@@ -512,7 +569,7 @@ class AsideSwap(DatabaseSide):
     def __init__(self, login: DbSettings, options: str, grants: Grants, dump: Path):
         super().__init__(login, options, grants)
         self.token = new_token()
-        self._name_killed()
+        self.name_killed_tables()
         self.sink = DumpFile(dump)
         self.dump = dump
         self.found = DumpObjects()
@@ -520,23 +577,6 @@ class AsideSwap(DatabaseSide):
         self.old_triggers: list[Definition] = []
         self.old_objects: list[Definition] = []
         self.set_aside: dict[str, str] = {}
-
-    def _name_killed(self) -> None:
-        """Tables a restore killed outright had set aside in this database (wpb_old_TOKEN_*):
-        kept, since they may be the only copy of those tables as they were, and named."""
-        try:
-            tables = [row[0] for row in self.run("SHOW TABLES LIKE 'wpb\\_old\\_%'")]
-        except BackupError:
-            return
-        killed: dict[str, int] = {}
-        for table in tables:
-            found = re.match(rf"wpb_old_{_KILLED_TOKEN}_", table)
-            if found and pid_gone(found["pid"]):
-                killed[found["token"]] = killed.get(found["token"], 0) + 1
-        for token, count in sorted(killed.items()):
-            log.warning("%s wpb_old_%s_* in database %s: set aside by a restore that was killed (as they were "
-                        "before that restore); kept: drop them once you no longer need them",
-                        "1 table" if count == 1 else f"{count} tables", token, self.live)
 
     def verify(self, manifest: dict) -> None:
         self.sink.raise_error()
@@ -663,5 +703,5 @@ def open_database(login: DbSettings, options: str, force: bool, dump: Path, port
     except NoScratch:
         log.info("user %s may not create databases: the tables being replaced wait beside the new ones in %s "
                  "until the restore is done (a grant on `%s\\_wpb\\_%%` gives it a scratch database instead)",
-                 grants.account, name, grant_pattern(name))
+                 grants.account, name, grant_pattern(scratch_base(name)))
         return AsideSwap(login, options, grants, dump)
