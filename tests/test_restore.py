@@ -336,6 +336,13 @@ def _snapshot(mariadb, site: WordPress) -> dict:
     return {"wordpress": site.read(), "db": _db_state(mariadb, site.db_name), "files": _tree(site.path)}
 
 
+def _exited() -> subprocess.Popen:
+    """A process that has ended: its PID names what a killed restore left."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    return dead
+
+
 def _allow_scratch(mariadb, site: WordPress) -> None:
     """Let the site's user create the scratch databases (`NAME_wpb_*`)."""
     mariadb.sql(f"GRANT ALL ON `{site.db_name}\\_wpb\\_%`.* TO '{site.db_user}'@'127.0.0.1'")
@@ -512,8 +519,7 @@ def test_a_mount_point_gets_its_contents_replaced(install, wordpress, tmp_path, 
     try:
         (folder / "wp-content" if mode == "all" else folder).joinpath("stray.txt").write_text("after the backup")
         shutil.rmtree(folder / ("wp-content/uploads" if mode == "all" else "uploads") / "2026")
-        dead = subprocess.Popen(["true"])
-        dead.wait()
+        dead = _exited()
         moved = folder / f".wpbackup-old-{dead.pid}"  # what a restore killed mid-swap moved aside
         (moved / "uploads").mkdir(parents=True)
         (moved / "uploads" / "only-copy.jpg").write_text("the site before that restore")
@@ -643,8 +649,7 @@ def test_what_a_killed_restore_left_in_the_database_is_dropped_or_named(install,
         _allow_scratch(mariadb, site)
     _backup(install, site)
     archived = _snapshot(mariadb, site)
-    dead = subprocess.Popen(["true"])
-    dead.wait()
+    dead = _exited()
     token, running = f"{_base36(dead.pid)}x0a", f"{_base36(os.getpid())}x0d"
     db = site.db_name
     if path == "scratch":
@@ -775,8 +780,7 @@ def test_what_a_killed_restore_left_is_cleared_or_named_on_the_next_one(install,
     site = make_site(tmp_path, wordpress)
     install.sites.append({"name": "blog", "path": str(site)})
     assert install.doit("backup").returncode == 0
-    dead = subprocess.Popen(["true"])
-    dead.wait()
+    dead = _exited()
     partial = site / f".wp-content.restore-{dead.pid}"
     moved = site / f".wp-content.old-{dead.pid}"
     running = site / f".wp-content.restore-{os.getpid()}"
@@ -799,8 +803,7 @@ def test_a_whole_root_restore_refuses_to_remove_what_a_killed_restore_moved_asid
     root = make_site(tmp_path, wordpress)
     install.sites.append({"name": "blog", "path": str(root), "files": "all"})
     assert install.doit("backup").returncode == 0
-    dead = subprocess.Popen(["true"])
-    dead.wait()
+    dead = _exited()
     moved = root / f".wp-content.old-{dead.pid}"
     (moved / "uploads").mkdir(parents=True)
     (moved / "uploads" / "only-copy.jpg").write_text("the site before that restore")
@@ -816,8 +819,7 @@ def test_only_files_of_processes_that_are_gone_count_as_leftovers(tmp_path):
     work folder, never those of another restore still running (another site's)."""
     from wpbackup.backup.children import left_by_the_dead
 
-    dead = subprocess.Popen(["true"])
-    dead.wait()
+    dead = _exited()
     names = [f"client-{dead.pid}-k3j2.cnf", "client-x8f2ab1q.cnf", f"database-{dead.pid}.sql",  # gone
              "client-1-a1b2.cnf", "database-1.sql", f"client-{os.getpid()}-zz.cnf"]  # running
     for name in names:

@@ -236,6 +236,10 @@ def _pid_gone(pid36: str) -> bool:
     return pid_gone(str(int(pid36, 36)))
 
 
+def _tables(count: int | str) -> str:
+    return "1 table" if str(count) == "1" else f"{count} tables"
+
+
 def aside_name(name: str, token: str) -> str:
     """The name a replaced table waits under in its own database (64 characters at most)."""
     full = f"wpb_old_{token}_{name}"
@@ -290,7 +294,7 @@ class DatabaseSide:
             log.warning("%s wpb_old_%s_* in database %s: set aside by a restore that was killed (as they were "
                         "before that restore), or by one running on another machine; kept: drop them once you no "
                         "longer need them",
-                        "1 table" if count == 1 else f"{count} tables", token, self.live)
+                        _tables(count), token, self.live)
 
     def session(self, action: str = "replace the tables") -> Session:
         return Session(self.login, self.options, action)
@@ -457,7 +461,7 @@ class ScratchSwap(DatabaseSide):
             if found["kind"] == "old" and tables != "0":
                 log.warning("database %s holds the %s a restore that was killed had set aside (the database as it "
                             "was before that restore); it is kept: drop it once you no longer need it",
-                            name, "1 table" if tables == "1" else f"{tables} tables")
+                            name, _tables(tables))
                 continue
             try:
                 self.run("SET SESSION foreign_key_checks = 0", f"DROP DATABASE IF EXISTS {q(name)}",

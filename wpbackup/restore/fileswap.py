@@ -138,24 +138,32 @@ def _check_place(folder: Path, contents: bool, points: set[str]) -> None:
                        "clear it with chattr -i / chattr -a first")
 
 
+def _left_by_killed(place: Path, prefix: str) -> list[Path]:
+    """What restores killed outright named ``PREFIX-PID`` in ``place`` (a running one's, or
+    a link, is not theirs)."""
+    return sorted(path for path in place.glob(f"{glob.escape(prefix)}-*")
+                  if pid_gone(path.name.rsplit("-", 1)[1]) and not path.is_symlink())
+
+
+def _name_kept(tree: Path) -> None:
+    log.warning("%s holds the files a restore that was killed had moved out of the way (the site as it was "
+                "before that restore); it is kept: remove it once you no longer need it", tree)
+
+
 def clear_leftovers(place: Path, partial: str, moved: str | None) -> None:
     """What a restore killed outright (SIGKILL, a crash, a reboot) left in ``place``: its
     partial extraction ``PARTIAL-PID`` is removed, since it never was the live site; the live
     files it had moved aside, ``MOVED-PID``, are kept and named, since they may be the only copy
     of the site as it was before. Names of a restore still running are not touched."""
-    for path in sorted(place.glob(f"{glob.escape(partial)}-*")):
-        if pid_gone(path.name.rsplit("-", 1)[1]) and not path.is_symlink():
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
-            log.info("removed %s, left half-written by a restore that was killed", path)
-    if moved is None:
-        return
-    for path in sorted(place.glob(f"{glob.escape(moved)}-*")):
-        if pid_gone(path.name.rsplit("-", 1)[1]) and path.is_dir() and not path.is_symlink():
-            log.warning("%s holds the files a restore that was killed had moved out of the way (the site as it "
-                        "was before that restore); it is kept: remove it once you no longer need it", path)
+    for path in _left_by_killed(place, partial):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        log.info("removed %s, left half-written by a restore that was killed", path)
+    for tree in _left_by_killed(place, moved) if moved else []:
+        if tree.is_dir():
+            _name_kept(tree)
 
 
 #: names a restore gives what it moves aside or extracts inside a folder (a mount point, or a
@@ -163,25 +171,18 @@ def clear_leftovers(place: Path, partial: str, moved: str | None) -> None:
 _LEFT_INSIDE = (".wpbackup-old-", ".wpbackup-restore-", ".wp-content.old-", ".wp-content.restore-")
 
 
-def moved_aside_inside(folder: Path) -> list[Path]:
-    """Trees a killed restore moved out of the way that lie inside ``folder``."""
-    if not folder.is_dir():
-        return []
-    return sorted(path for prefix in (".wpbackup-old-", ".wp-content.old-") for path in folder.glob(f"{prefix}*")
-                  if path.is_dir() and not path.is_symlink() and pid_gone(path.name.rsplit("-", 1)[1]))
-
-
 def _keep_moved_aside(folder: Path, contents: bool) -> None:
     """A tree a killed restore moved aside inside the folder this one replaces: left in place
     (and named) when only the folder's contents are swapped, else the restore is refused,
     since the folder goes with everything in it."""
-    for tree in moved_aside_inside(folder):
+    inside = [tree for prefix in (".wpbackup-old", ".wp-content.old") for tree in _left_by_killed(folder, prefix)
+              if tree.is_dir()] if folder.is_dir() else []
+    for tree in inside:
         if not contents:
             raise _refused(f"{tree} holds the files a restore that was killed had moved out of the way (maybe the "
                            f"only copy of the site as it was before it), and this restore replaces {folder} with "
                            f"everything in it: move it out of {folder}, or remove it, then restore again")
-        log.warning("%s holds the files a restore that was killed had moved out of the way (the site as it was "
-                    "before that restore); it is kept: remove it once you no longer need it", tree)
+        _name_kept(tree)
 
 
 def plan_files(target: Path, mode: str) -> FilesPlan:
